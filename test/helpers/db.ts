@@ -1,0 +1,34 @@
+import { randomBytes } from 'node:crypto';
+import { after } from 'node:test';
+import { connect, type Sql } from '../../src/db.js';
+import { databaseUrl } from './url.js';
+
+export interface TestDatabase {
+  /** URL of a fresh, migrated database of this test file's own. */
+  url: string;
+  /** A pool on it, closed after the file's tests. */
+  sql: Sql;
+  /** A pool on the server's admin database (for pg_terminate_backend etc.). */
+  admin: Sql;
+}
+
+/**
+ * A fresh database copied from the migrated template that `npm test` makes.
+ * Dropped after the file's tests.
+ */
+export async function testDatabase(): Promise<TestDatabase> {
+  const adminUrl = process.env.DURABLY_TEST_ADMIN_URL;
+  const template = process.env.DURABLY_TEST_TEMPLATE;
+  if (!adminUrl || !template) throw new Error('run the tests with `npm test` (it prepares the database)');
+  const name = `durably_t_${randomBytes(6).toString('hex')}`;
+  const admin = connect(adminUrl, { max: 2 });
+  await admin.unsafe(`create database ${name} template ${template}`);
+  const url = databaseUrl(adminUrl, name);
+  const sql = connect(url, { max: 5 });
+  after(async () => {
+    await sql.end({ timeout: 1 });
+    await admin.unsafe(`drop database if exists ${name} with (force)`);
+    await admin.end();
+  });
+  return { url, sql, admin };
+}

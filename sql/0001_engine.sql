@@ -190,12 +190,14 @@ $$;
 
 -- A promise that no task runs: a ctx.run checkpoint (created settled), a
 -- durable timer (kind sleep, resolves at timeout_at) or an external promise.
--- Dedup by id like invoke_many; db_now lets callers measure timers on the
--- database's clock.
+-- Dedup by id like invoke_many. With p_timeout_at null the deadline is
+-- p_timeout_ms from now on the database's clock; db_now lets callers measure
+-- what remains of a timer on that same clock.
 create function durably.create_promise(
   p_id text, p_kind text, p_timeout_at timestamptz,
   p_state text default 'pending', p_value jsonb default null,
-  p_parent_id text default null, p_func text default null, p_tags jsonb default '{}'
+  p_parent_id text default null, p_func text default null, p_tags jsonb default '{}',
+  p_timeout_ms bigint default null
 ) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz,
                  created boolean, db_now timestamptz)
 language plpgsql as $$
@@ -203,6 +205,9 @@ declare
   v_root text;
 begin
   perform durably.check_ids(array[p_id]);
+  if p_timeout_at is null and p_timeout_ms is null then
+    raise exception using errcode = 'DU002', message = 'a promise needs p_timeout_at or p_timeout_ms';
+  end if;
   if p_kind not in ('step', 'sleep', 'external') then
     raise exception using errcode = 'DU002', message = format('invalid promise kind %L: step, sleep or external', p_kind);
   end if;
@@ -212,7 +217,8 @@ begin
 
   return query
   insert into durably.promises as p (id, kind, func, state, value, timeout_at, tags, parent_id, root_id, settled_at)
-  values (p_id, p_kind, p_func, p_state, p_value, p_timeout_at, coalesce(p_tags, '{}'), p_parent_id,
+  values (p_id, p_kind, p_func, p_state, p_value,
+          coalesce(p_timeout_at, now() + p_timeout_ms * interval '1 millisecond'), coalesce(p_tags, '{}'), p_parent_id,
           coalesce(v_root, p_id), case when p_state <> 'pending' then now() end)
   on conflict on constraint promises_pkey do nothing
   returning p.id, p.kind, p.func, p.state, p.value, p.timeout_at, true, now();

@@ -26,7 +26,7 @@ export async function startEmbedded(dir: string, options: { persistent?: boolean
     // Running as root needs a separate OS user for the server.
     createPostgresUser: true,
     onLog: options.log ?? (() => {}),
-    onError: options.log ?? (() => {}),
+    onError: (e: unknown) => options.log?.(String(e)),
     postgresFlags: ['-c', 'max_connections=300', '-c', 'fsync=on'],
   });
   if (fresh) await pg.initialise();

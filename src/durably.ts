@@ -1,0 +1,215 @@
+import { connect, defaultUrl, type Sql } from './db.js';
+import { DurablyError, InvalidArgumentError, fromDatabase, toErrorValue } from './errors.js';
+import { toJson } from './json.js';
+import { migrate } from './migrate.js';
+import { options, splitArgs, parseTarget, checkGroup, invokeOptions, type CallOptions, type Options } from './options.js';
+import { DurableHandle, Settlements, type PromiseRecord, type PromiseState } from './promises.js';
+import { checkRetry, type RetryPolicy } from './retry.js';
+import { Worker, type Registered } from './worker.js';
+import type { StepFunction } from './context.js';
+
+export interface DurablyConfig {
+  /** Postgres URL; defaults to DATABASE_URL. */
+  url?: string;
+  /** The group this process's worker joins and `run` dispatches to (default `default`). */
+  group?: string;
+  /** Executions run at once by this process's worker (default 10). */
+  concurrency?: number;
+  /** Lease on a claimed task; a crashed worker's work is re-run after it (default 30 s). */
+  leaseMs?: number;
+  /** Lease renewal interval (default leaseMs / 3). */
+  heartbeatMs?: number;
+  /** Fallback poll interval when no notification arrives (default 1 s). */
+  pollMs?: number;
+  /** Sleeps up to this long wait in process; longer ones suspend and free the slot (default 5 s). */
+  inProcessSleepMs?: number;
+  /** stop() waits this long for running executions before releasing them (default 10 s). */
+  graceMs?: number;
+  /** Connections in the pool (default concurrency + 2). */
+  poolSize?: number;
+  /** Apply migrations on first use (default true). */
+  migrate?: boolean;
+  log?: (message: string) => void;
+}
+
+export interface RegisterOptions {
+  retry?: RetryPolicy;
+}
+
+type AnyFunction = StepFunction;
+
+/**
+ * Client and worker in one: register functions and start() to run them;
+ * run/rpc/beginRun/beginRpc to invoke; get/promises to inspect and settle.
+ */
+export class Durably {
+  readonly group: string;
+  readonly sql: Sql;
+  private readonly functions = new Map<string, Registered>();
+  private readonly settlements: Settlements;
+  private readonly config: Required<Omit<DurablyConfig, 'url' | 'poolSize'>>;
+  private worker?: Worker;
+  private migrated?: Promise<unknown>;
+
+  constructor(config: DurablyConfig = {}) {
+    const url = config.url ?? defaultUrl();
+    if (!url) throw new InvalidArgumentError('no database: pass { url } or set DATABASE_URL');
+    const concurrency = config.concurrency ?? 10;
+    const leaseMs = config.leaseMs ?? 30_000;
+    this.config = {
+      group: checkGroup(config.group ?? 'default'),
+      concurrency,
+      leaseMs,
+      heartbeatMs: config.heartbeatMs ?? Math.max(50, Math.floor(leaseMs / 3)),
+      pollMs: config.pollMs ?? 1000,
+      inProcessSleepMs: config.inProcessSleepMs ?? 5000,
+      graceMs: config.graceMs ?? 10_000,
+      migrate: config.migrate ?? true,
+      log: config.log ?? ((m) => console.error(`[durably] ${m}`)),
+    };
+    this.group = this.config.group;
+    this.sql = connect(url, { max: config.poolSize ?? concurrency + 2, name: `durably:${this.group}` });
+    this.settlements = new Settlements(this.sql, this.config.pollMs);
+  }
+
+  /** Marks the last argument of run/rpc/schedule calls as options. */
+  options(opts: CallOptions): Options {
+    return options(opts);
+  }
+
+  /** Registers a durable function under `name` (or its own name). */
+  register(name: string, fn: AnyFunction, opts?: RegisterOptions): this;
+  register(fn: AnyFunction, opts?: RegisterOptions): this;
+  register(a: string | AnyFunction, b?: AnyFunction | RegisterOptions, c?: RegisterOptions): this {
+    const [name, fn, opts] = typeof a === 'string' ? [a, b as AnyFunction, c] : [a.name, a, b as RegisterOptions | undefined];
+    if (typeof fn !== 'function') throw new InvalidArgumentError(`register(${JSON.stringify(name)}): not a function`);
+    if (!name || name.length > 255) throw new InvalidArgumentError('a function needs a name of 1 to 255 characters: register(name, fn)');
+    const existing = this.functions.get(name);
+    if (existing && existing.fn !== fn) {
+      throw new DurablyError('ALREADY_REGISTERED', `a different function is already registered as ${JSON.stringify(name)}`);
+    }
+    if (this.worker) throw new DurablyError('ALREADY_STARTED', 'register functions before start()');
+    this.functions.set(name, { name, fn, retry: opts?.retry && checkRetry(opts.retry) });
+    return this;
+  }
+
+  /** Migrates if needed, joins the group and starts running its tasks. */
+  async start(): Promise<void> {
+    if (this.worker) return;
+    await this.ready();
+    const worker = new Worker(this.sql, this.functions, this.config);
+    this.worker = worker;
+    await worker.start();
+  }
+
+  /** Stops claiming, lets running work finish (up to graceMs), releases the rest, closes connections. */
+  async stop(): Promise<void> {
+    await this.worker?.stop();
+    await this.settlements.close();
+    await this.sql.end({ timeout: 5 });
+  }
+
+  /** Invokes a function on this group and waits for its result. */
+  async run<R = unknown>(id: string, fn: string | AnyFunction, ...args: unknown[]): Promise<R> {
+    return (await this.beginRun<R>(id, fn, ...args)).result();
+  }
+
+  /** Invokes a function on this group; returns a handle at once. */
+  async beginRun<R = unknown>(id: string, fn: string | AnyFunction, ...rest: unknown[]): Promise<DurableHandle<R>> {
+    const name = typeof fn === 'string' ? fn : this.nameOf(fn);
+    const { args, opts } = splitArgs(rest);
+    return this.invoke<R>(id, name, args, { ...opts, target: this.group });
+  }
+
+  /** Invokes registered function `name` on a group (options target, default this group) and waits. */
+  async rpc<R = unknown>(id: string, name: string, ...args: unknown[]): Promise<R> {
+    return (await this.beginRpc<R>(id, name, ...args)).result();
+  }
+
+  async beginRpc<R = unknown>(id: string, name: string, ...rest: unknown[]): Promise<DurableHandle<R>> {
+    const { args, opts } = splitArgs(rest);
+    return this.invoke<R>(id, name, args, opts);
+  }
+
+  /** A handle for an existing promise. */
+  async get<R = unknown>(id: string): Promise<DurableHandle<R>> {
+    await this.ready();
+    await this.settlements.get(id);
+    return new DurableHandle<R>(id, this.settlements);
+  }
+
+  readonly promises = {
+    get: async (id: string): Promise<PromiseRecord> => {
+      await this.ready();
+      return this.settlements.get(id);
+    },
+    /** Creates a promise settled from outside (dedup by id). */
+    create: async (id: string, opts: { timeout?: number; tags?: Record<string, string> } = {}): Promise<PromiseRecord> => {
+      await this.ready();
+      const timeout = invokeOptions({ timeout: opts.timeout, tags: opts.tags });
+      await this.call(this.sql`select durably.create_promise(${id}, 'external', null,
+        p_timeout_ms => ${(timeout.timeout_ms as number | undefined) ?? 86_400_000}, p_tags => ${JSON.stringify(timeout.tags ?? {})}::text::jsonb)`);
+      return this.settlements.get(id);
+    },
+    resolve: (id: string, value?: unknown) => this.settle(id, 'resolve', toJson(value ?? null, 'the value')),
+    reject: (id: string, error?: unknown) => this.settle(id, 'reject', JSON.stringify(toErrorValue(error ?? new Error('rejected')))),
+    cancel: async (id: string, reason = 'canceled'): Promise<PromiseRecord> => {
+      await this.ready();
+      const [row] = await this.call(this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
+      return row;
+    },
+    /** Promises whose id matches a LIKE pattern (`*` as wildcard), newest first. */
+    search: async (pattern = '*', opts: { state?: PromiseState; limit?: number } = {}): Promise<PromiseRecord[]> => {
+      await this.ready();
+      const like = pattern.replace(/[\\%_]/g, (c) => `\\${c}`).replaceAll('*', '%');
+      return this.sql<PromiseRecord[]>`
+        select * from durably.promises
+         where id like ${like} and (${opts.state ?? null}::text is null or state = ${opts.state ?? null})
+         order by created_at desc limit ${opts.limit ?? 100}`;
+    },
+  };
+
+  /** The worker's id (after start()). */
+  get workerId(): string | undefined {
+    return this.worker?.id;
+  }
+
+  private async settle(id: string, verb: 'resolve' | 'reject', json: string): Promise<PromiseRecord> {
+    await this.ready();
+    const [row] = await this.call(verb === 'resolve'
+      ? this.sql<PromiseRecord[]>`select * from durably.resolve(${id}, ${json}::text::jsonb)`
+      : this.sql<PromiseRecord[]>`select * from durably.reject(${id}, ${json}::text::jsonb)`);
+    return row;
+  }
+
+  private async invoke<R>(id: string, name: string, args: unknown[], opts: CallOptions): Promise<DurableHandle<R>> {
+    if (typeof id !== 'string') throw new InvalidArgumentError('the id must be a string');
+    if (typeof name !== 'string' || name === '') throw new InvalidArgumentError('the function name must be a non-empty string');
+    const group = parseTarget(opts.target ?? this.group);
+    const argsJson = toJson(args, `the args of ${name}`);
+    const stored = invokeOptions(opts);
+    const sql = opts.tx ?? this.sql;
+    await this.ready();
+    await this.call(sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`);
+    return new DurableHandle<R>(id, this.settlements);
+  }
+
+  private nameOf(fn: AnyFunction): string {
+    for (const r of this.functions.values()) if (r.fn === fn) return r.name;
+    throw new InvalidArgumentError(`function ${fn.name || '(anonymous)'} is not registered: register it first`);
+  }
+
+  private ready(): Promise<unknown> {
+    if (!this.config.migrate) return Promise.resolve();
+    this.migrated ??= migrate(this.sql).catch((e) => { this.migrated = undefined; throw e; });
+    return this.migrated;
+  }
+
+  private async call<T>(query: Promise<T>): Promise<T> {
+    try {
+      return await query;
+    } catch (err) {
+      throw fromDatabase(err);
+    }
+  }
+}

@@ -1,0 +1,76 @@
+import { InvalidArgumentError } from './errors.js';
+import { checkRetry, type RetryPolicy } from './retry.js';
+import type { TransactionSql } from './db.js';
+
+/** Per-call options; pass `durably.options({...})` as the last argument. */
+export interface CallOptions {
+  /** Group to dispatch to: a group name or `poll://any@<group>`. */
+  target?: string;
+  /** Milliseconds until the promise times out (default 24 h). */
+  timeout?: number;
+  tags?: Record<string, string>;
+  retry?: RetryPolicy;
+  /** Start no earlier than this many milliseconds from now. */
+  delay?: number;
+  /**
+   * Enqueue inside the caller's transaction (a postgres.js `sql.begin`
+   * transaction): the invocation exists if and only if it commits.
+   */
+  tx?: TransactionSql;
+  /** For steps: the id to store the step under instead of the position-derived one. */
+  id?: string;
+}
+
+const OPTIONS = Symbol('durably.options');
+export type Options = CallOptions & { readonly [OPTIONS]: true };
+
+export function options(opts: CallOptions): Options {
+  return { ...opts, [OPTIONS]: true };
+}
+
+/** Splits `(...args, options?)` into args and options. */
+export function splitArgs(rest: unknown[]): { args: unknown[]; opts: CallOptions } {
+  const last = rest.at(-1);
+  if (last && typeof last === 'object' && OPTIONS in last) return { args: rest.slice(0, -1), opts: last as CallOptions };
+  return { args: rest, opts: {} };
+}
+
+const GROUP = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/** `poll://any@workers` or `workers` -> `workers`. */
+export function parseTarget(target: string): string {
+  const m = /^poll:\/\/any@(.*)$/.exec(target);
+  const group = m ? m[1] : target;
+  if (typeof group !== 'string' || !GROUP.test(group) || (!m && target.includes('://'))) {
+    throw new InvalidArgumentError(
+      `invalid target ${JSON.stringify(target)}: use a group name (letters, digits, _ . : -) or poll://any@<group>`);
+  }
+  return group;
+}
+
+export function checkGroup(group: string): string {
+  if (!GROUP.test(group)) throw new InvalidArgumentError(`invalid group ${JSON.stringify(group)}: 1 to 128 letters, digits, _ . : -`);
+  return group;
+}
+
+/** Validates the options that are stored with an invocation. */
+export function invokeOptions(opts: CallOptions): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (opts.timeout !== undefined) {
+    if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) throw new InvalidArgumentError(`invalid timeout ${opts.timeout}: milliseconds > 0`);
+    out.timeout_ms = Math.round(opts.timeout);
+  }
+  if (opts.delay !== undefined) {
+    if (!Number.isFinite(opts.delay) || opts.delay < 0) throw new InvalidArgumentError(`invalid delay ${opts.delay}: milliseconds >= 0`);
+    out.delay_ms = Math.round(opts.delay);
+  }
+  if (opts.tags !== undefined) {
+    if (typeof opts.tags !== 'object' || opts.tags === null || Array.isArray(opts.tags)
+        || Object.values(opts.tags).some((v) => typeof v !== 'string')) {
+      throw new InvalidArgumentError('tags must be an object of strings');
+    }
+    out.tags = opts.tags;
+  }
+  if (opts.retry !== undefined) out.retry = checkRetry(opts.retry);
+  return out;
+}

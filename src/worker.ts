@@ -1,0 +1,293 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Sql } from './db.js';
+import { Context, Execution, type ChildRecord, type StepFunction } from './context.js';
+import {
+  DurablyError, NonDeterminismError, PromiseRejectedError, UnknownFunctionError, toErrorValue,
+} from './errors.js';
+import { toJson } from './json.js';
+import { DEFAULT_RETRY, retryDelay, type RetryPolicy } from './retry.js';
+
+export interface Registered {
+  name: string;
+  fn: StepFunction;
+  retry?: RetryPolicy;
+}
+
+export interface WorkerConfig {
+  group: string;
+  concurrency: number;
+  leaseMs: number;
+  heartbeatMs: number;
+  pollMs: number;
+  inProcessSleepMs: number;
+  /** How long stop() waits for running executions before releasing them. */
+  graceMs: number;
+  log: (message: string) => void;
+}
+
+interface ClaimedTask {
+  id: string;
+  func: string;
+  args: unknown[];
+  state: string;
+  timeout_at: Date;
+  root_id: string;
+  attempt: number;
+  retry: RetryPolicy | null;
+  history: ChildRecord[] | null;
+}
+
+type Settlement = { id: string; state: string; value: string | null };
+
+/**
+ * Claims tasks of one group in batches, runs them, completes them in batches
+ * and renews all its leases with one heartbeat. Woken by NOTIFY on
+ * durably_tasks; the poll interval is the fallback and also expires promises
+ * past their timeout.
+ */
+export class Worker {
+  readonly id = randomUUID();
+  private readonly running = new Map<string, Execution>();
+  /** Ids whose outcome is not yet written: their leases must stay renewed. */
+  private readonly held = new Set<string>();
+  private pumping = false;
+  private pumpAgain = false;
+  /** The last claim came back full: there may be more to claim. */
+  private backlog = true;
+  private stopping = false;
+  private timers: NodeJS.Timeout[] = [];
+  private listener?: { unlisten(): Promise<void> };
+  private settlements: Settlement[] = [];
+  private flushing?: Promise<void>;
+  private drained?: () => void;
+
+  constructor(
+    private readonly sql: Sql,
+    private readonly functions: Map<string, Registered>,
+    private readonly config: WorkerConfig,
+  ) {}
+
+  async start(): Promise<void> {
+    const { group, leaseMs, heartbeatMs, pollMs } = this.config;
+    await this.sql`select durably.register_worker(${this.id}, ${group}, ${hostname()}, ${process.pid},
+      ${[...this.functions.keys()]}, ${leaseMs})`;
+    this.listener = await this.sql.listen(
+      'durably_tasks',
+      (payload) => { if (payload === group) this.pump(); },
+      () => this.pump(),
+    );
+    this.timers.push(setInterval(() => this.heartbeat(), heartbeatMs));
+    this.timers.push(setInterval(() => this.poll(), pollMs));
+    this.pump();
+  }
+
+  /** Stops claiming, waits up to graceMs for running executions, then releases what is left. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    await this.listener?.unlisten().catch(() => {});
+    if (this.running.size > 0) {
+      const drained = new Promise<void>((ok) => { this.drained = ok; });
+      await Promise.race([drained, delay(this.config.graceMs)]);
+    }
+    for (const exec of this.running.values()) exec.abort(new DurablyError('WORKER_STOPPED', 'the worker stopped'));
+    await this.flush();
+    await this.retrying('release tasks', () => this.sql`select durably.release_tasks(${this.id})`, 5);
+  }
+
+  get activeCount(): number {
+    return this.running.size;
+  }
+
+  /** Claims while there are free slots and the last claim came back full. */
+  private pump(): void {
+    if (this.stopping) return;
+    if (this.pumping) { this.pumpAgain = true; return; }
+    this.pumping = true;
+    void (async () => {
+      try {
+        do {
+          this.pumpAgain = false;
+          for (;;) {
+            const free = this.config.concurrency - this.running.size;
+            if (free <= 0 || this.stopping) { this.backlog = true; break; }
+            const tasks = await this.sql<ClaimedTask[]>`
+              select * from durably.claim_tasks(${this.id}, ${this.config.group}, ${free}, ${this.config.leaseMs})`;
+            for (const task of tasks) this.execute(task);
+            this.backlog = tasks.length === free;
+            if (!this.backlog) break;
+          }
+        } while (this.pumpAgain && !this.stopping);
+      } catch (err) {
+        this.config.log(`claim failed, retrying at the next poll: ${(err as Error).message}`);
+      } finally {
+        this.pumping = false;
+      }
+    })();
+  }
+
+  private poll(): void {
+    this.pump();
+    this.sql`select durably.expire_promises()`.catch(() => {});
+  }
+
+  private execute(task: ClaimedTask): void {
+    // Our own task whose lease ran out while it still runs here: the claim
+    // renewed the lease; the run in progress goes on.
+    if (this.running.has(task.id) || this.held.has(task.id)) return;
+    const exec = new Execution(
+      {
+        sql: this.sql,
+        workerId: this.id,
+        group: this.config.group,
+        inProcessSleepMs: this.config.inProcessSleepMs,
+        onSuspended: (wakeAt) => this.wakeAt(wakeAt),
+      },
+      task.id, task.root_id, task.timeout_at, task.attempt,
+      task.history ? new Map(task.history.map((c) => [c.id, c])) : null,
+    );
+    this.running.set(task.id, exec);
+    this.held.add(task.id);
+    void this.runToOutcome(task, exec).finally(() => {
+      this.running.delete(task.id);
+      if (this.running.size === 0) this.drained?.();
+      if (this.backlog) this.pump();
+    });
+  }
+
+  private async runToOutcome(task: ClaimedTask, exec: Execution): Promise<void> {
+    const registered = this.functions.get(task.func);
+    if (task.state !== 'pending') {
+      // Settled while queued (canceled, timed out): only the task is left to drop.
+      return this.settle(task.id, 'rejected', null);
+    }
+    if (!registered) {
+      const known = [...this.functions.keys()].join(', ') || 'none';
+      return this.settle(task.id, 'rejected', toErrorValue(new UnknownFunctionError(
+        `function ${JSON.stringify(task.func)} is not registered on worker ${this.id} of group ` +
+        `${JSON.stringify(this.config.group)} (registered: ${known})`), task.attempt));
+    }
+    const timeout = setTimeout(() => exec.abort(new DurablyError('TIMED_OUT', `promise ${task.id} timed out`)),
+      Math.min(task.timeout_at.getTime() - Date.now(), 2 ** 31 - 1));
+    try {
+      const ctx = new Context(exec, task.id, task.attempt, exec.history);
+      const outcome = await Promise.race([
+        Promise.resolve().then(() => registered.fn(ctx, ...task.args)).then(
+          (value) => ({ kind: 'resolved' as const, value }),
+          (error) => ({ kind: 'rejected' as const, error }),
+        ),
+        exec.interrupted,
+      ]);
+      switch (outcome.kind) {
+        case 'suspended':
+          this.held.delete(task.id);
+          return;
+        case 'aborted':
+          return this.aborted(task, outcome.reason);
+        case 'resolved': {
+          let json: string;
+          try {
+            json = toJson(outcome.value ?? null, `the result of ${task.func}`);
+          } catch (err) {
+            return this.settle(task.id, 'rejected', toErrorValue(err, task.attempt));
+          }
+          return this.settle(task.id, 'resolved', json);
+        }
+        case 'rejected':
+          if (exec.controller.signal.aborted) return this.aborted(task, exec.controller.signal.reason);
+          return this.failed(task, registered, outcome.error);
+      }
+    } finally {
+      clearTimeout(timeout);
+    }
+  }
+
+  private aborted(task: ClaimedTask, reason: unknown): Promise<void> | void {
+    if (reason instanceof NonDeterminismError) return this.settle(task.id, 'rejected', toErrorValue(reason, task.attempt));
+    if (reason instanceof DurablyError && reason.code === 'TIMED_OUT') {
+      return this.settle(task.id, 'rejected_timedout', toErrorValue(reason, task.attempt));
+    }
+    // Canceled or settled elsewhere, lost lease, or stopping: nothing to write.
+    this.held.delete(task.id);
+  }
+
+  private async failed(task: ClaimedTask, registered: Registered, error: unknown): Promise<void> {
+    const value = toErrorValue(error, task.attempt);
+    // An error that a stored child produced comes back the same on every
+    // replay: retrying the function cannot change it.
+    const replayable = error instanceof PromiseRejectedError && error.promiseId.startsWith(`${task.id}.`);
+    const wait = replayable ? null : retryDelay(task.retry ?? registered.retry ?? DEFAULT_RETRY, task.attempt);
+    if (wait === null) return this.settle(task.id, 'rejected', value);
+    await this.retrying('retry task', () =>
+      this.sql`select durably.retry_task(${this.id}, ${task.id}, ${wait}, ${JSON.stringify(value)}::text::jsonb)`, 10);
+    this.held.delete(task.id);
+    this.wakeAt(new Date(Date.now() + wait));
+  }
+
+  /** Queues a settlement; queued ones are written together in one call. */
+  private settle(id: string, state: string, value: unknown): Promise<void> {
+    this.settlements.push({ id, state, value: value === null ? null : typeof value === 'string' ? value : JSON.stringify(value) });
+    return this.flush();
+  }
+
+  private flush(): Promise<void> {
+    this.flushing ??= (async () => {
+      try {
+        while (this.settlements.length > 0) {
+          const batch = this.settlements.splice(0);
+          await this.retrying('complete tasks', () => this.sql`
+            select durably.settle_many(${batch.map((s) => s.id)}, ${batch.map((s) => s.state)},
+              ${batch.map((s) => s.value)}::text[]::jsonb[])`, 20);
+          for (const s of batch) this.held.delete(s.id);
+        }
+      } finally {
+        this.flushing = undefined;
+      }
+    })();
+    return this.flushing;
+  }
+
+  private heartbeat(): void {
+    if (this.held.size === 0 && this.running.size === 0) {
+      this.sql`update durably.workers set heartbeat_at = now() where id = ${this.id}`.catch(() => {});
+      return;
+    }
+    this.sql<{ id: string; state: string | null }[]>`
+      select * from durably.heartbeat(${this.id}, ${this.config.leaseMs}, ${[...this.held]})`
+      .then((lost) => {
+        for (const { id, state } of lost) {
+          const reason = state === 'rejected_canceled'
+            ? new DurablyError('CANCELED', `promise ${id} was canceled`)
+            : state === 'rejected_timedout'
+              ? new DurablyError('TIMED_OUT', `promise ${id} timed out`)
+              : new DurablyError('LEASE_LOST', `lost the lease on ${id} (${state ?? 'gone'})`);
+          this.running.get(id)?.abort(reason);
+        }
+      }, (err) => this.config.log(`heartbeat failed: ${(err as Error).message}`));
+  }
+
+  /** Claims again at `when` (a retry's or a timer's due time), sooner than the poll would. */
+  private wakeAt(when: Date | undefined): void {
+    if (!when) return;
+    const t = setTimeout(() => this.pump(), Math.max(0, when.getTime() - Date.now()) + 5);
+    t.unref();
+  }
+
+  /** Retries `op` through broken connections (server restart, failover) with backoff. */
+  private async retrying<T>(what: string, op: () => Promise<T>, attempts: number): Promise<T | undefined> {
+    for (let i = 1; ; i++) {
+      try {
+        return await op();
+      } catch (err) {
+        if (i >= attempts) {
+          this.config.log(`${what} failed ${i} times, giving up (leases expire and the work is re-run): ${(err as Error).message}`);
+          return undefined;
+        }
+        await delay(Math.min(100 * 2 ** i, 2000));
+      }
+    }
+  }
+}

@@ -1,0 +1,178 @@
+/**
+ * The `durably` command. Human tables by default, `--json` for scripts.
+ * Exit codes: 0 ok, 1 failure, 2 bad usage or input.
+ */
+import { parseArgs } from 'node:util';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Durably } from './durably.js';
+import { databaseForDev } from './database.js';
+import { connect } from './db.js';
+import { migrate } from './migrate.js';
+import { DurablyError, InvalidArgumentError } from './errors.js';
+
+const HELP = `durably — durable executions, promises and cron inside Postgres
+
+usage: durably <command> [options]     (DATABASE_URL or --url picks the database)
+
+  dev [--worker <module>] [--group g]   embedded Postgres when no DATABASE_URL; migrates, prints the URL,
+                                        runs a worker for the module's exported functions; Ctrl-C stops
+  migrate                               apply the migrations in sql/
+  invoke <func> [json-args] [--id id] [--group g] [--wait]
+  promises get <id> | list [--state s] [--pattern p] | resolve <id> [json] | reject <id> [message] | cancel <id>
+  tasks list
+  workers list
+  tree <id>                             the call tree of an execution
+
+options: --url <url>  --json  --help`;
+
+type Flags = { url?: string; json?: boolean; help?: boolean; worker?: string; group?: string; id?: string;
+  wait?: boolean; state?: string; pattern?: string };
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      url: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      worker: { type: 'string' }, group: { type: 'string' }, id: { type: 'string' }, wait: { type: 'boolean' },
+      state: { type: 'string' }, pattern: { type: 'string' },
+    },
+  });
+  const flags = values as Flags;
+  const [command, ...rest] = positionals;
+  if (flags.help || !command) {
+    console.log(HELP);
+    return command || flags.help ? 0 : 2;
+  }
+  if (command === 'dev') return dev(flags);
+
+  const url = flags.url ?? process.env.DATABASE_URL;
+  if (!url) throw new InvalidArgumentError('no database: set DATABASE_URL or pass --url (or use `durably dev`)');
+  const out = (rows: unknown) => print(rows, flags.json);
+
+  if (command === 'migrate') {
+    const sql = connect(url, { max: 1 });
+    try {
+      const applied = await migrate(sql);
+      out(flags.json ? { applied } : applied.length ? applied.map((m) => ({ applied: m })) : [{ applied: '(up to date)' }]);
+    } finally {
+      await sql.end();
+    }
+    return 0;
+  }
+
+  const durably = new Durably({ url, group: flags.group ?? 'default', poolSize: 2, log: () => {} });
+  try {
+    const grouped = ['promises', 'tasks', 'workers'].includes(command);
+    switch (grouped ? `${command} ${rest[0] ?? ''}` : command) {
+      case 'invoke': {
+        const [func, json = '[]'] = rest;
+        if (!func) throw new InvalidArgumentError('usage: durably invoke <func> [json-args]');
+        const args = parseJson(json, 'json-args');
+        const id = flags.id ?? `${func}-${Date.now().toString(36)}`;
+        const handle = await durably.beginRpc(id, func, ...(Array.isArray(args) ? args : [args]),
+          durably.options({ target: flags.group ?? 'default' }));
+        if (flags.wait) await handle.result().catch(() => {});
+        out(await durably.promises.get(handle.id));
+        return 0;
+      }
+      case `promises get`: out(await durably.promises.get(need(rest[1], 'id'))); return 0;
+      case `promises list`:
+        out(await durably.promises.search(flags.pattern ?? '*', { state: flags.state as never })); return 0;
+      case `promises resolve`:
+        out(await durably.promises.resolve(need(rest[1], 'id'), rest[2] === undefined ? null : parseJson(rest[2], 'value'))); return 0;
+      case `promises reject`:
+        out(await durably.promises.reject(need(rest[1], 'id'), new Error(rest[2] ?? 'rejected'))); return 0;
+      case `promises cancel`: out(await durably.promises.cancel(need(rest[1], 'id'))); return 0;
+      case 'tasks list':
+        out(await durably.sql`select promise_id, group_name, state, attempt, available_at, worker_id from durably.tasks
+                               order by available_at limit 200`); return 0;
+      case 'workers list':
+        out(await durably.sql`select id, group_name, host, pid, functions, status, heartbeat_at from durably.worker_status
+                               order by started_at desc limit 200`); return 0;
+      case 'tree': {
+        await durably.promises.get(need(rest[0], 'id'));
+        out(await durably.sql`
+          with recursive tree as (
+            select p.*, 0 as depth from durably.promises p where p.id = ${rest[0]}
+            union all
+            select c.*, t.depth + 1 from durably.promises c join tree t on c.parent_id = t.id)
+          select repeat('  ', depth) || id as id, kind, func, state,
+                 round(extract(epoch from (coalesce(settled_at, now()) - created_at)) * 1000) as ms
+            from tree order by id`);
+        return 0;
+      }
+      default:
+        console.error(`unknown command: ${[command, ...rest].join(' ')}\n\n${HELP}`);
+        return 2;
+    }
+  } finally {
+    await durably.stop();
+  }
+}
+
+async function dev(flags: Flags): Promise<number> {
+  const db = flags.url ? { url: flags.url, stop: async () => {} } : await databaseForDev(console.log);
+  const sql = connect(db.url, { max: 1 });
+  await migrate(sql);
+  await sql.end();
+  console.log(`DATABASE_URL=${db.url}`);
+  let worker: Durably | undefined;
+  if (flags.worker) {
+    const mod = await import(pathToFileURL(resolve(flags.worker)).href) as Record<string, unknown>;
+    worker = new Durably({ url: db.url, group: flags.group ?? 'default' });
+    for (const [name, fn] of Object.entries(mod)) if (typeof fn === 'function') worker.register(name, fn as never);
+    await worker.start();
+    console.log(`worker ${worker.workerId} of group ${worker.group} runs: ${Object.keys(mod).join(', ')}`);
+  }
+  console.log('up; Ctrl-C stops');
+  await new Promise<void>((ok) => { process.once('SIGINT', ok); process.once('SIGTERM', ok); });
+  await worker?.stop();
+  await db.stop();
+  return 0;
+}
+
+function need(v: string | undefined, what: string): string {
+  if (!v) throw new InvalidArgumentError(`missing <${what}>`);
+  return v;
+}
+
+function parseJson(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new InvalidArgumentError(`${what} is not valid JSON: ${text}`);
+  }
+}
+
+function print(data: unknown, json?: boolean) {
+  if (json) {
+    console.log(JSON.stringify(data, null, 2));
+    return;
+  }
+  const rows = (Array.isArray(data) ? data : [data]) as Record<string, unknown>[];
+  if (rows.length === 0) {
+    console.log('(none)');
+    return;
+  }
+  const cols = Object.keys(rows[0]);
+  const cell = (v: unknown) => {
+    const s = v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '');
+    return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+  };
+  const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  console.log(cols.map((c, i) => c.padEnd(widths[i])).join('  '));
+  for (const r of rows) console.log(cols.map((c, i) => cell(r[c]).padEnd(widths[i])).join('  '));
+}
+
+// `durably promises list | head` closes the pipe early; that is not an error.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => { if (err.code === 'EPIPE') process.exit(0); throw err; });
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(`durably: ${(err as Error).message}`);
+    process.exit(err instanceof InvalidArgumentError || (err instanceof DurablyError && err.code === 'NOT_FOUND') ? 2 : 1);
+  },
+);

@@ -89,7 +89,7 @@ async function main(argv: string[]): Promise<number> {
         out(await durably.sql`select promise_id, group_name, state, attempt, available_at, worker_id from durably.tasks
                                order by available_at limit 200`); return 0;
       case 'workers list':
-        out(await durably.sql`select id, group_name, host, pid, functions, status, heartbeat_at from durably.worker_status
+        out(await durably.sql`select id, group_name, host, pid, array_to_string(functions, ', ') as functions, status, heartbeat_at from durably.worker_status
                                order by started_at desc limit 200`); return 0;
       case 'tree': {
         await durably.promises.get(need(rest[0], 'id'));

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Sql } from './db.js';
+import { retryTransient, textArray, type Sql } from './db.js';
 import { DurablyError, NonDeterminismError, toErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { splitArgs, parseTarget, invokeOptions, type CallOptions } from './options.js';
@@ -60,6 +60,11 @@ export class Execution {
     readonly history: Map<string, ChildRecord> | null,
   ) {}
 
+  /** A query on the execution's pool, retried through broken connections (every one is idempotent). */
+  query<T>(make: (sql: Sql) => Promise<T>): Promise<T> {
+    return retryTransient(() => make(this.host.sql));
+  }
+
   abort(reason: unknown) {
     if (this.controller.signal.aborted) return;
     this.controller.abort(reason);
@@ -111,8 +116,8 @@ export class Execution {
     const timers = [...this.remote.values()].flatMap((w) => (w.wakeAt ? [w.wakeAt.getTime()] : []));
     const wakeAt = timers.length ? new Date(Math.min(...timers)) : undefined;
     try {
-      const [{ suspend_task: outcome }] = await this.host.sql`
-        select durably.suspend_task(${this.host.workerId}, ${this.promiseId}, ${awaits}, ${wakeAt ?? null})`;
+      const [{ suspend_task: outcome }] = await this.query((sql) => sql`
+        select durably.suspend_task(${this.host.workerId}, ${this.promiseId}, ${textArray(awaits)}::text[], ${wakeAt ?? null})`);
       if (outcome === 'suspended') {
         this.host.onSuspended(wakeAt);
         this.interrupt({ kind: 'suspended' });
@@ -120,8 +125,8 @@ export class Execution {
       }
       if (outcome === 'lost') return this.abort(new DurablyError('LEASE_LOST', `lost the lease on ${this.promiseId}`));
       // Something settled meanwhile: hand out what is ready and go on.
-      const rows = await this.host.sql<{ id: string; state: PromiseState; value: unknown; timeout_at: Date }[]>`
-        select id, state, value, timeout_at from durably.promises where id = any(${awaits})`;
+      const rows = await this.query((sql) => sql<{ id: string; state: PromiseState; value: unknown; timeout_at: Date }[]>`
+        select id, state, value, timeout_at from durably.promises where id = any(${textArray(awaits)}::text[])`);
       for (const row of rows) {
         const w = this.remote.get(row.id);
         if (!w) continue;
@@ -212,9 +217,9 @@ export class Context {
         deadline = new Date(stored.timeout_at);
         remaining = deadline.getTime() - Date.now();
       } else {
-        const [row] = await this.exec.host.sql<{ timeout_at: Date; db_now: Date }[]>`
+        const [row] = await this.exec.query((sql) => sql<{ timeout_at: Date; db_now: Date }[]>`
           select timeout_at, db_now from durably.create_promise(${id}, 'sleep', null, p_parent_id => ${this.id},
-            p_timeout_ms => ${Math.max(0, Math.round(ms))})`;
+            p_timeout_ms => ${Math.max(0, Math.round(ms))})`);
         deadline = row.timeout_at;
         remaining = row.timeout_at.getTime() - row.db_now.getTime();
       }
@@ -233,9 +238,9 @@ export class Context {
       const stored = await this.stored(id, 'external', null);
       if (stored) return stored;
       const timeoutAt = this.childTimeout(opts.timeout);
-      const [row] = await this.exec.host.sql<ChildRecord[]>`
+      const [row] = await this.exec.query((sql) => sql<ChildRecord[]>`
         select id, kind, func, state, value, timeout_at
-          from durably.create_promise(${id}, 'external', ${timeoutAt}, p_parent_id => ${this.id})`;
+          from durably.create_promise(${id}, 'external', ${timeoutAt}, p_parent_id => ${this.id})`);
       return row;
     });
     return {
@@ -282,24 +287,28 @@ export class Context {
     for (let attempt = 1; ; attempt++) {
       this.exec.throwIfAborted();
       const child = new Context(this.exec, id, attempt, this.exec.history ? null : new Map());
+      let outcome: { value: unknown } | { error: unknown };
       try {
-        const value = await fn(child, ...args);
-        return await this.checkpoint(id, name, 'resolved', value);
+        outcome = { value: await fn(child, ...args) };
       } catch (err) {
         if (this.signal.aborted || err instanceof NonDeterminismError) throw err;
-        const wait = retryDelay(policy, attempt);
-        if (wait === null) return this.checkpoint(id, name, 'rejected', toErrorValue(err, attempt));
-        await delay(wait, undefined, { signal: this.signal });
+        outcome = { error: err };
       }
+      // Only the step's own errors are retried here; a failure to store the
+      // outcome fails the execution attempt and the replay runs the step again.
+      if ('value' in outcome) return this.checkpoint(id, name, 'resolved', outcome.value);
+      const wait = retryDelay(policy, attempt);
+      if (wait === null) return this.checkpoint(id, name, 'rejected', toErrorValue(outcome.error, attempt));
+      await delay(wait, undefined, { signal: this.signal });
     }
   }
 
   /** Stores a step's outcome; a value stored first by another run wins. */
   private async checkpoint(id: string, name: string, state: 'resolved' | 'rejected', value: unknown): Promise<unknown> {
     const json = toJson(value ?? null, `the result of step ${name}`);
-    const [row] = await this.exec.host.sql<ChildRecord[]>`
+    const [row] = await this.exec.query((sql) => sql<ChildRecord[]>`
       select id, kind, func, state, value, timeout_at
-        from durably.create_promise(${id}, 'step', ${this.exec.timeoutAt}, ${state}, ${json}::text::jsonb, ${this.id}, ${name})`;
+        from durably.create_promise(${id}, 'step', ${this.exec.timeoutAt}, ${state}, ${json}::text::jsonb, ${this.id}, ${name})`);
     return settledValue(row);
   }
 
@@ -313,9 +322,9 @@ export class Context {
       root_id: this.exec.rootId,
       timeout_at: this.childTimeout(opts.timeout).toISOString(),
     };
-    const [row] = await this.exec.host.sql<{ state: PromiseState; value: unknown }[]>`
+    const [row] = await this.exec.query((sql) => sql<{ state: PromiseState; value: unknown }[]>`
       select state, value from durably.invoke(${id}, ${name}, ${toJson(args, `the args of ${name}`)}::text::jsonb,
-        ${group}, ${JSON.stringify(stored_opts)}::text::jsonb)`;
+        ${group}, ${JSON.stringify(stored_opts)}::text::jsonb)`);
     return row.state === 'pending' ? undefined : { value: settledValue({ id, ...row }) };
   }
 
@@ -340,8 +349,8 @@ export class Context {
   }
 
   private async loadHistory(): Promise<Map<string, ChildRecord>> {
-    const rows = await this.exec.host.sql<ChildRecord[]>`
-      select id, kind, func, state, value, timeout_at from durably.promises where parent_id = ${this.id}`;
+    const rows = await this.exec.query((sql) => sql<ChildRecord[]>`
+      select id, kind, func, state, value, timeout_at from durably.promises where parent_id = ${this.id}`);
     return new Map(rows.map((r) => [r.id, r]));
   }
 }

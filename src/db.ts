@@ -1,4 +1,5 @@
 import postgres from 'postgres';
+import { setTimeout as delay } from 'node:timers/promises';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 export type TransactionSql = postgres.TransactionSql<Record<string, never>>;
@@ -18,11 +19,56 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     // Connections are recycled now and then so that one broken by a server
     // restart or failover does not stay in the pool for long.
     max_lifetime: 60 * 30,
+    // postgres.js 3.4.9 runs an array-type lookup on every new connection
+    // without handling its failure: a connection killed during that query
+    // (server restart, pg_terminate_backend) becomes an unhandled rejection
+    // that ends the process. Without it, arrays are passed as literals: see
+    // textArray.
+    fetch_types: false,
+    // Reconnect fast after a restart (the default backs off to 20 s); seconds.
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 2),
     idle_timeout: 60,
   }) as unknown as Sql;
+}
+
+/**
+ * A `text[]` literal for a query parameter (`${textArray(ids)}::text[]`, or
+ * `::text[]::jsonb[]` for JSON texts). Arrays are passed this way because the
+ * pools do not fetch array types (see connect).
+ */
+export function textArray(xs: readonly (string | null)[]): string {
+  return `{${xs.map((x) => (x === null ? 'NULL' : `"${x.replace(/[\\"]/g, (c) => `\\${c}`)}"`)).join(',')}}`;
 }
 
 /** The url to use when none is given. */
 export function defaultUrl(): string | undefined {
   return process.env.DATABASE_URL || undefined;
+}
+
+const CONNECTION_CODES = new Set([
+  'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT',
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH',
+]);
+
+/**
+ * Errors worth retrying: a broken or refused connection (server restart,
+ * failover, pg_terminate_backend: SQLSTATE classes 08 and 57), a deadlock or
+ * a serialization failure. Every operation durably retries is idempotent.
+ */
+export function isTransient(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code !== 'string') return false;
+  return CONNECTION_CODES.has(code) || code.startsWith('08') || code.startsWith('57') || code === '40001' || code === '40P01';
+}
+
+/** Runs `op` again after transient errors, with backoff, up to `attempts` times. */
+export async function retryTransient<T>(op: () => Promise<T>, attempts = 8): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await op();
+    } catch (err) {
+      if (i >= attempts || !isTransient(err)) throw err;
+      await delay(Math.min(50 * 2 ** i, 2000));
+    }
+  }
 }

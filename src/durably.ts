@@ -1,4 +1,4 @@
-import { connect, defaultUrl, type Sql } from './db.js';
+import { connect, defaultUrl, retryTransient, type Sql } from './db.js';
 import { DurablyError, InvalidArgumentError, fromDatabase, toErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { migrate } from './migrate.js';
@@ -147,15 +147,16 @@ export class Durably {
     create: async (id: string, opts: { timeout?: number; tags?: Record<string, string> } = {}): Promise<PromiseRecord> => {
       await this.ready();
       const timeout = invokeOptions({ timeout: opts.timeout, tags: opts.tags });
-      await this.call(this.sql`select durably.create_promise(${id}, 'external', null,
+      await this.call(() => this.sql`select durably.create_promise(${id}, 'external', null,
         p_timeout_ms => ${(timeout.timeout_ms as number | undefined) ?? 86_400_000}, p_tags => ${JSON.stringify(timeout.tags ?? {})}::text::jsonb)`);
       return this.settlements.get(id);
     },
-    resolve: (id: string, value?: unknown) => this.settle(id, 'resolve', toJson(value ?? null, 'the value')),
-    reject: (id: string, error?: unknown) => this.settle(id, 'reject', JSON.stringify(toErrorValue(error ?? new Error('rejected')))),
+    // async: bad input rejects the returned promise like every other call, rather than throwing synchronously
+    resolve: async (id: string, value?: unknown) => this.settle(id, 'resolve', toJson(value ?? null, 'the value')),
+    reject: async (id: string, error?: unknown) => this.settle(id, 'reject', JSON.stringify(toErrorValue(error ?? new Error('rejected')))),
     cancel: async (id: string, reason = 'canceled'): Promise<PromiseRecord> => {
       await this.ready();
-      const [row] = await this.call(this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
+      const [row] = await this.call(() => this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
       return row;
     },
     /** Promises whose id matches a LIKE pattern (`*` as wildcard), newest first. */
@@ -176,7 +177,7 @@ export class Durably {
 
   private async settle(id: string, verb: 'resolve' | 'reject', json: string): Promise<PromiseRecord> {
     await this.ready();
-    const [row] = await this.call(verb === 'resolve'
+    const [row] = await this.call(() => verb === 'resolve'
       ? this.sql<PromiseRecord[]>`select * from durably.resolve(${id}, ${json}::text::jsonb)`
       : this.sql<PromiseRecord[]>`select * from durably.reject(${id}, ${json}::text::jsonb)`);
     return row;
@@ -190,7 +191,8 @@ export class Durably {
     const stored = invokeOptions(opts);
     const sql = opts.tx ?? this.sql;
     await this.ready();
-    await this.call(sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`);
+    await this.call(() => sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`,
+      !opts.tx); // a caller's transaction cannot be retried from here
     return new DurableHandle<R>(id, this.settlements);
   }
 
@@ -205,9 +207,10 @@ export class Durably {
     return this.migrated;
   }
 
-  private async call<T>(query: Promise<T>): Promise<T> {
+  /** Runs an idempotent query, retried through broken connections; database errors become typed errors. */
+  private async call<T>(make: () => Promise<T>, retry = true): Promise<T> {
     try {
-      return await query;
+      return await (retry ? retryTransient(make) : make());
     } catch (err) {
       throw fromDatabase(err);
     }

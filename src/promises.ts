@@ -1,4 +1,4 @@
-import type { Sql } from './db.js';
+import { textArray, type Sql } from './db.js';
 import { NotFoundError, PromiseRejectedError, type RejectedState } from './errors.js';
 
 export type PromiseState = 'pending' | 'resolved' | RejectedState;
@@ -113,7 +113,7 @@ export class Settlements {
   private check(ids: string[]) {
     const wanted = ids.filter((id) => this.waiting.has(id));
     if (wanted.length === 0) return;
-    this.sql<PromiseRecord[]>`select * from durably.promises where id = any(${wanted}) and state <> 'pending'`
+    this.sql<PromiseRecord[]>`select * from durably.promises where id = any(${textArray(wanted)}::text[]) and state <> 'pending'`
       .then((rows) => this.deliver(rows), () => { /* the next poll or reconnect checks again */ });
   }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Sql } from './db.js';
+import { retryTransient, textArray, type Sql } from './db.js';
 import { Context, Execution, type ChildRecord, type StepFunction } from './context.js';
 import {
   DurablyError, NonDeterminismError, PromiseRejectedError, UnknownFunctionError, toErrorValue,
@@ -54,6 +54,7 @@ export class Worker {
   private readonly held = new Set<string>();
   private pumping = false;
   private pumpAgain = false;
+  private pumpScheduled = false;
   /** The last claim came back full: there may be more to claim. */
   private backlog = true;
   private stopping = false;
@@ -72,7 +73,7 @@ export class Worker {
   async start(): Promise<void> {
     const { group, leaseMs, heartbeatMs, pollMs } = this.config;
     await this.sql`select durably.register_worker(${this.id}, ${group}, ${hostname()}, ${process.pid},
-      ${[...this.functions.keys()]}, ${leaseMs})`;
+      ${textArray([...this.functions.keys()])}::text[], ${leaseMs})`;
     this.listener = await this.sql.listen(
       'durably_tasks',
       (payload) => { if (payload === group) this.pump(); },
@@ -129,6 +130,16 @@ export class Worker {
     })();
   }
 
+  /** Pumps once the executions finishing in this turn have freed their slots: fewer, larger claims. */
+  private pumpSoon(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
   private poll(): void {
     this.pump();
     this.sql`select durably.expire_promises()`.catch(() => {});
@@ -154,7 +165,7 @@ export class Worker {
     void this.runToOutcome(task, exec).finally(() => {
       this.running.delete(task.id);
       if (this.running.size === 0) this.drained?.();
-      if (this.backlog) this.pump();
+      if (this.backlog) this.pumpSoon();
     });
   }
 
@@ -239,8 +250,8 @@ export class Worker {
         while (this.settlements.length > 0) {
           const batch = this.settlements.splice(0);
           await this.retrying('complete tasks', () => this.sql`
-            select durably.settle_many(${batch.map((s) => s.id)}, ${batch.map((s) => s.state)},
-              ${batch.map((s) => s.value)}::text[]::jsonb[])`, 20);
+            select durably.settle_many(${textArray(batch.map((s) => s.id))}::text[], ${textArray(batch.map((s) => s.state))}::text[],
+              ${textArray(batch.map((s) => s.value))}::text[]::jsonb[])`, 20);
           for (const s of batch) this.held.delete(s.id);
         }
       } finally {
@@ -256,7 +267,7 @@ export class Worker {
       return;
     }
     this.sql<{ id: string; state: string | null }[]>`
-      select * from durably.heartbeat(${this.id}, ${this.config.leaseMs}, ${[...this.held]})`
+      select * from durably.heartbeat(${this.id}, ${this.config.leaseMs}, ${textArray([...this.held])}::text[])`
       .then((lost) => {
         for (const { id, state } of lost) {
           const reason = state === 'rejected_canceled'
@@ -276,18 +287,13 @@ export class Worker {
     t.unref();
   }
 
-  /** Retries `op` through broken connections (server restart, failover) with backoff. */
+  /** Retries `op` through broken connections; failing that, logs: the lease expires and the work is re-run. */
   private async retrying<T>(what: string, op: () => Promise<T>, attempts: number): Promise<T | undefined> {
-    for (let i = 1; ; i++) {
-      try {
-        return await op();
-      } catch (err) {
-        if (i >= attempts) {
-          this.config.log(`${what} failed ${i} times, giving up (leases expire and the work is re-run): ${(err as Error).message}`);
-          return undefined;
-        }
-        await delay(Math.min(100 * 2 ** i, 2000));
-      }
+    try {
+      return await retryTransient(op, attempts);
+    } catch (err) {
+      this.config.log(`${what} failed, leaving it to lease expiry: ${(err as Error).message}`);
+      return undefined;
     }
   }
 }

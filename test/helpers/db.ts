@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { after } from 'node:test';
-import { connect, type Sql } from '../../src/db.js';
+import postgres from 'postgres';
+import type { Sql } from '../../src/db.js';
 import { databaseUrl } from './url.js';
 
 export interface TestDatabase {
@@ -21,14 +22,23 @@ export async function testDatabase(): Promise<TestDatabase> {
   const template = process.env.DURABLY_TEST_TEMPLATE;
   if (!adminUrl || !template) throw new Error('run the tests with `npm test` (it prepares the database)');
   const name = `durably_t_${randomBytes(6).toString('hex')}`;
-  const admin = connect(adminUrl, { max: 2 });
+  const admin = harnessPool(adminUrl, 2);
   await admin.unsafe(`create database ${name} template ${template}`);
   const url = databaseUrl(adminUrl, name);
-  const sql = connect(url, { max: 5 });
+  const sql = harnessPool(url, 5);
   after(async () => {
     await sql.end({ timeout: 1 });
     await admin.unsafe(`drop database if exists ${name} with (force)`);
     await admin.end();
   });
   return { url, sql, admin };
+}
+
+/**
+ * The tests' own pools: named so that connection storms aimed at durably's
+ * connections (application_name durably...) spare them, and fetching array
+ * types so tests can pass JS arrays as parameters.
+ */
+function harnessPool(url: string, max: number): Sql {
+  return postgres(url, { max, onnotice: () => {}, connection: { application_name: 'test-harness' } }) as unknown as Sql;
 }

@@ -6,6 +6,7 @@ import { options, splitArgs, parseTarget, checkGroup, invokeOptions, type CallOp
 import { DurableHandle, Settlements, type PromiseRecord, type PromiseState } from './promises.js';
 import { checkRetry, type RetryPolicy } from './retry.js';
 import { Worker, type Registered } from './worker.js';
+import { Schedules, ScheduleHandle, Ticker, type Recurrence } from './schedules.js';
 import type { StepFunction } from './context.js';
 
 export interface DurablyConfig {
@@ -49,7 +50,10 @@ export class Durably {
   private readonly settlements: Settlements;
   private readonly config: Required<Omit<DurablyConfig, 'url' | 'poolSize'>>;
   private worker?: Worker;
+  private ticker?: Ticker;
   private migrated?: Promise<unknown>;
+  /** Schedules: get, list, handle(id), delete, pause, resume, next. */
+  readonly schedules: Schedules;
 
   constructor(config: DurablyConfig = {}) {
     const url = config.url ?? defaultUrl();
@@ -70,6 +74,7 @@ export class Durably {
     this.group = this.config.group;
     this.sql = connect(url, { max: config.poolSize ?? concurrency + 2, name: `durably:${this.group}` });
     this.settlements = new Settlements(this.sql, this.config.pollMs);
+    this.schedules = new Schedules(this.sql, () => this.ready(), this.group);
   }
 
   /** Marks the last argument of run/rpc/schedule calls as options. */
@@ -93,17 +98,20 @@ export class Durably {
     return this;
   }
 
-  /** Migrates if needed, joins the group and starts running its tasks. */
+  /** Migrates if needed, joins the group, starts running its tasks and driving schedules. */
   async start(): Promise<void> {
     if (this.worker) return;
     await this.ready();
     const worker = new Worker(this.sql, this.functions, this.config);
     this.worker = worker;
     await worker.start();
+    this.ticker = new Ticker(this.sql, this.config.pollMs, this.config.log);
+    await this.ticker.start();
   }
 
   /** Stops claiming, lets running work finish (up to graceMs), releases the rest, closes connections. */
   async stop(): Promise<void> {
+    await this.ticker?.stop();
     await this.worker?.stop();
     await this.settlements.close();
     await this.sql.end({ timeout: 5 });
@@ -131,6 +139,38 @@ export class Durably {
     return this.invoke<R>(id, name, args, opts);
   }
 
+  /**
+   * Creates a schedule: each tick invokes `func` with `args` on a group as a
+   * durable promise. Re-creating the same definition is a no-op; another
+   * definition under the same id fails unless `options({ replace: true })`.
+   */
+  async schedule(id: string, recurrence: Recurrence, func: string, ...rest: unknown[]): Promise<ScheduleHandle> {
+    const { args, opts } = splitArgs(rest);
+    return this.schedules.create(id, recurrence, func, args, opts);
+  }
+
+  /** Waits until promise `id` exists (a schedule's occurrence, say) and settles; returns its value. */
+  async wait<R = unknown>(id: string, timeoutMs: number): Promise<R> {
+    const deadline = Date.now() + timeoutMs;
+    await this.ready();
+    for (;;) {
+      const [row] = await this.sql`select 1 from durably.promises where id = ${id}`.catch(() => []);
+      if (row) break;
+      if (Date.now() >= deadline) throw new DurablyError('TIMED_OUT', `promise ${JSON.stringify(id)} did not appear within ${timeoutMs} ms`);
+      await new Promise((ok) => setTimeout(ok, Math.min(this.config.pollMs, 100)));
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, fail) => {
+      timer = setTimeout(() => fail(new DurablyError('TIMED_OUT', `promise ${JSON.stringify(id)} did not settle within ${timeoutMs} ms`)),
+        Math.max(0, deadline - Date.now()));
+    });
+    try {
+      return await Promise.race([new DurableHandle<R>(id, this.settlements).result(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** A handle for an existing promise. */
   async get<R = unknown>(id: string): Promise<DurableHandle<R>> {
     await this.ready();
@@ -145,10 +185,11 @@ export class Durably {
     },
     /** Creates a promise settled from outside (dedup by id). */
     create: async (id: string, opts: { timeout?: number; tags?: Record<string, string> } = {}): Promise<PromiseRecord> => {
+      const stored = invokeOptions(opts);
       await this.ready();
-      const timeout = invokeOptions({ timeout: opts.timeout, tags: opts.tags });
       await this.call(() => this.sql`select durably.create_promise(${id}, 'external', null,
-        p_timeout_ms => ${(timeout.timeout_ms as number | undefined) ?? 86_400_000}, p_tags => ${JSON.stringify(timeout.tags ?? {})}::text::jsonb)`);
+        p_timeout_ms => ${(stored.timeout_ms as number | undefined) ?? 86_400_000},
+        p_tags => ${JSON.stringify(stored.tags ?? {})}::text::jsonb)`);
       return this.settlements.get(id);
     },
     // async: bad input rejects the returned promise like every other call, rather than throwing synchronously

@@ -15,6 +15,11 @@ export class NotFoundError extends DurablyError {
   constructor(message: string) { super('NOT_FOUND', message); }
 }
 
+/** A schedule with this id and another definition exists. */
+export class AlreadyExistsError extends DurablyError {
+  constructor(message: string) { super('ALREADY_EXISTS', message); }
+}
+
 /** A function name the worker has not registered. */
 export class UnknownFunctionError extends DurablyError {
   constructor(message: string) { super('UNKNOWN_FUNCTION', message); }
@@ -52,6 +57,7 @@ export function fromDatabase(err: unknown): unknown {
     case 'DU001':
     case 'DU002': return new InvalidArgumentError(e.message ?? 'invalid argument');
     case 'DU003': return new NotFoundError(e.message ?? 'not found');
+    case 'DU004': return new AlreadyExistsError(e.message ?? 'already exists');
     default: return err;
   }
 }

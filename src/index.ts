@@ -5,6 +5,7 @@ export { options, parseTarget, type CallOptions, type Options } from './options.
 export type { RetryPolicy } from './retry.js';
 export { migrate } from './migrate.js';
 export {
-  DurablyError, InvalidArgumentError, NotFoundError, UnknownFunctionError, NonDeterminismError,
+  DurablyError, InvalidArgumentError, NotFoundError, AlreadyExistsError, UnknownFunctionError, NonDeterminismError,
   PromiseRejectedError, type ErrorValue,
 } from './errors.js';
+export { ScheduleHandle, type ScheduleRecord, type Recurrence, type OverlapPolicy, type CatchupPolicy } from './schedules.js';

@@ -19,6 +19,19 @@ export interface CallOptions {
   tx?: TransactionSql;
   /** For steps: the id to store the step under instead of the position-derived one. */
   id?: string;
+  // Schedules (durably.schedule):
+  /** IANA timezone the cron expression is read in (default UTC). */
+  timezone?: string;
+  overlap?: 'always_start' | 'skip_if_running' | 'cancel_and_restart' | 'buffer_one';
+  catchup?: 'all' | 'latest' | 'none';
+  /** Missed ticks older than this many milliseconds are skipped. */
+  catchupWindow?: number;
+  /** Promise id of each tick: tokens {schedule}, {timestamp}, {occurrence} (default `{schedule}.{timestamp}`). */
+  idTemplate?: string;
+  /** Group the ticks run on (same as target). */
+  group?: string;
+  /** Replace an existing schedule with another definition instead of failing. */
+  replace?: boolean;
 }
 
 const OPTIONS = Symbol('durably.options');

@@ -1,8 +1,9 @@
 /**
  * The main demo (`npm run demo`): two workers of group `workers` share ten
  * durable invocations dispatched by a client to `poll://any@workers`; each
- * sleeps durably, and a workflow checkpoints its steps. Runs on DATABASE_URL,
- * or on an embedded PostgreSQL when none is set.
+ * sleeps durably; a workflow checkpoints its steps; an every-second cron
+ * schedule ticks three times. Runs on DATABASE_URL, or on an embedded
+ * PostgreSQL when none is set.
  */
 import { Durably, type Context } from '../src/index.js';
 import { databaseForDev } from '../src/database.js';
@@ -29,6 +30,10 @@ const workers = ['a', 'b'].map((name) => {
   const w = new Durably({ url: db.url, group: 'workers', concurrency: 5, inProcessSleepMs: 10_000 });
   w.register(computeSomething(name));
   w.register(report);
+  w.register('daily_report', async (ctx: Context, team: string) => {
+    console.log(`  ${ctx.id}: report for ${team} (worker ${name})`);
+    return `report for ${team}`;
+  });
   return w;
 });
 for (const w of workers) await w.start();
@@ -46,6 +51,16 @@ console.log(`  ${again}`);
 
 console.log('a workflow with checkpointed steps:');
 console.log(' ', await client.rpc(`report-${run}`, 'report', ['alpha', 'beta', 'gamma'], client.options({ target: 'workers' })));
+
+console.log('an every-second schedule (6-field cron); every tick is a durable promise:');
+const schedule = await client.schedule(`daily-${run}`, '* * * * * *', 'daily_report', 'ops',
+  client.options({ target: 'workers', timezone: 'Europe/Berlin' }));
+const [first] = await schedule.next(1);
+for (let i = 0; i < 3; i++) {
+  const tick = new Date(first.getTime() + i * 1000).toISOString();
+  await client.wait(`daily-${run}.${tick}`, 10_000);
+}
+await schedule.delete();
 
 await client.stop();
 for (const w of workers) await w.stop();

@@ -20,6 +20,8 @@ usage: durably <command> [options]     (DATABASE_URL or --url picks the database
   migrate                               apply the migrations in sql/
   invoke <func> [json-args] [--id id] [--group g] [--wait]
   promises get <id> | list [--state s] [--pattern p] | resolve <id> [json] | reject <id> [message] | cancel <id>
+  schedules create <id> <cron> <func> [json-args] [--timezone tz] [--group g] | list | get <id>
+            | delete <id> | pause <id> | resume <id> | next <id> [n]
   tasks list
   workers list
   tree <id>                             the call tree of an execution
@@ -27,7 +29,7 @@ usage: durably <command> [options]     (DATABASE_URL or --url picks the database
 options: --url <url>  --json  --help`;
 
 type Flags = { url?: string; json?: boolean; help?: boolean; worker?: string; group?: string; id?: string;
-  wait?: boolean; state?: string; pattern?: string };
+  wait?: boolean; state?: string; pattern?: string; timezone?: string };
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -36,7 +38,7 @@ async function main(argv: string[]): Promise<number> {
     options: {
       url: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       worker: { type: 'string' }, group: { type: 'string' }, id: { type: 'string' }, wait: { type: 'boolean' },
-      state: { type: 'string' }, pattern: { type: 'string' },
+      state: { type: 'string' }, pattern: { type: 'string' }, timezone: { type: 'string' },
     },
   });
   const flags = values as Flags;
@@ -64,7 +66,7 @@ async function main(argv: string[]): Promise<number> {
 
   const durably = new Durably({ url, group: flags.group ?? 'default', poolSize: 2, log: () => {} });
   try {
-    const grouped = ['promises', 'tasks', 'workers'].includes(command);
+    const grouped = ['promises', 'schedules', 'tasks', 'workers'].includes(command);
     switch (grouped ? `${command} ${rest[0] ?? ''}` : command) {
       case 'invoke': {
         const [func, json = '[]'] = rest;
@@ -85,6 +87,26 @@ async function main(argv: string[]): Promise<number> {
       case `promises reject`:
         out(await durably.promises.reject(need(rest[1], 'id'), new Error(rest[2] ?? 'rejected'))); return 0;
       case `promises cancel`: out(await durably.promises.cancel(need(rest[1], 'id'))); return 0;
+      case 'schedules create': {
+        const [, id, cron, func, json = '[]'] = rest;
+        if (!id || !cron || !func) throw new InvalidArgumentError('usage: durably schedules create <id> <cron> <func> [json-args]');
+        const args = parseJson(json, 'json-args');
+        const handle = await durably.schedule(id, cron, func, ...(Array.isArray(args) ? args : [args]),
+          durably.options({ timezone: flags.timezone, group: flags.group }));
+        out(await handle.get());
+        return 0;
+      }
+      case 'schedules list':
+        out((await durably.schedules.list()).map(({ id, cron, every_ms, timezone, func, group_name, paused, next_run_at, last_run_at }) =>
+          ({ id, cron: cron ?? `every ${every_ms} ms`, timezone, func, group: group_name, paused, next_run_at, last_run_at })));
+        return 0;
+      case 'schedules get': out(await durably.schedules.get(need(rest[1], 'id'))); return 0;
+      case 'schedules delete': out({ deleted: await durably.schedules.delete(need(rest[1], 'id')) }); return 0;
+      case 'schedules pause': out(await durably.schedules.pause(need(rest[1], 'id'))); return 0;
+      case 'schedules resume': out(await durably.schedules.resume(need(rest[1], 'id'))); return 0;
+      case 'schedules next':
+        out((await durably.schedules.next(need(rest[1], 'id'), Number(rest[2] ?? 5))).map((t) => ({ next: t })));
+        return 0;
       case 'tasks list':
         out(await durably.sql`select promise_id, group_name, state, attempt, available_at, worker_id from durably.tasks
                                order by available_at limit 200`); return 0;
@@ -173,6 +195,8 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err) => {
     console.error(`durably: ${(err as Error).message}`);
-    process.exit(err instanceof InvalidArgumentError || (err instanceof DurablyError && err.code === 'NOT_FOUND') ? 2 : 1);
+    const badInput = err instanceof InvalidArgumentError
+      || (err instanceof DurablyError && ['NOT_FOUND', 'ALREADY_EXISTS'].includes(err.code));
+    process.exit(badInput ? 2 : 1);
   },
 );

@@ -25,6 +25,8 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     // that ends the process. Without it, arrays are passed as literals: see
     // textArray.
     fetch_types: false,
+    // bigint columns (millisecond durations, counters) stay far below 2^53.
+    types: { int8: { to: 20, from: [20], serialize: (x: number) => String(x), parse: (x: string) => Number(x) } },
     // Reconnect fast after a restart (the default backs off to 20 s); seconds.
     backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 2),
     idle_timeout: 60,

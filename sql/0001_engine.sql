@@ -405,19 +405,25 @@ $$;
 create function durably.heartbeat(p_worker uuid, p_lease_ms integer, p_held text[])
 returns table (id text, state text)
 language plpgsql as $$
+declare
+  v_renewed text[];
 begin
   update durably.workers w set heartbeat_at = now() where w.id = p_worker;
-  return query
   with renewed as (
     update durably.tasks t
        set available_at = now() + p_lease_ms * interval '1 millisecond'
      where t.worker_id = p_worker and t.state = 'claimed'
     returning t.promise_id
   )
+  select coalesce(array_agg(r.promise_id), '{}') into v_renewed from renewed r;
+  -- A statement of its own, so a fresh snapshot: when the update above waited
+  -- for a settlement (cancel, expiry) that deleted a task, the state read here
+  -- is the settled one, not the 'pending' of the update's snapshot.
+  return query
   select h.id, p.state
     from unnest(p_held) as h(id)
     left join durably.promises p on p.id = h.id
-   where h.id not in (select r.promise_id from renewed r);
+   where h.id <> all (v_renewed);
 end $$;
 
 -- Puts a failed execution back with a delay; the attempt counter grows.

@@ -15,7 +15,7 @@ import { databaseUrl } from './helpers/url.js';
 let embedded: Embedded | undefined;
 let adminUrl = process.env.DATABASE_URL;
 if (!adminUrl) {
-  embedded = await startEmbedded('.durably/test-pg', { persistent: false });
+  embedded = await startEmbedded(`.durably/test-pg-${process.pid}`, { persistent: false });
   adminUrl = embedded.url;
   console.log(`# embedded PostgreSQL at ${adminUrl}`);
 } else {

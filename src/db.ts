@@ -10,9 +10,18 @@ export interface ConnectOptions {
   name?: string;
 }
 
-/** A postgres.js pool with the settings every durably connection uses. */
+/**
+ * A postgres.js pool with the settings every durably connection uses.
+ *
+ * postgres.js 3.4.9 keeps per-connection state across a reconnect when a
+ * connection dies mid-result (porsager/postgres#1119, #1181): the next query
+ * can fail with the dead query's error, and the one after can resolve with a
+ * sparse array (leading holes before the real rows). Every durably operation
+ * retries transient errors (retryTransient), and the pool returned here drops
+ * the holes, so callers see exactly the rows the server sent.
+ */
 export function connect(url: string, options: ConnectOptions = {}): Sql {
-  return postgres(url, {
+  const pool = postgres(url, {
     max: options.max ?? 10,
     onnotice: () => {},
     connection: { application_name: options.name ?? 'durably' },
@@ -30,7 +39,21 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     // Reconnect fast after a restart (the default backs off to 20 s); seconds.
     backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 2),
     idle_timeout: 60,
+    // A connection that never answers its startup (a write lost by the driver
+    // after the server dropped it) fails after this many seconds and is retried.
+    connect_timeout: 5,
+  });
+  return new Proxy(pool, {
+    apply: (target, self, args) => (Reflect.apply(target, self, args) as Promise<unknown>).then(withoutHoles),
   }) as unknown as Sql;
+}
+
+function withoutHoles<T>(rows: T): T {
+  if (Array.isArray(rows) && rows.includes(undefined)) {
+    const kept = rows.filter((r) => r !== undefined);
+    return Object.assign(kept, { count: kept.length }) as T;
+  }
+  return rows;
 }
 
 /**

@@ -67,6 +67,50 @@ language sql stable as $$
               else p_after + p_every_ms * interval '1 millisecond' end
 $$;
 
+-- The newest run at or before p_upto of a recurrence whose run p_from is due
+-- (p_from <= p_upto), without stepping through every run in between: fixed
+-- delays by arithmetic; cron by looking back 1 s, 2 s, 4 s ... from p_upto
+-- for a run, then bisecting. Used by catch-up latest and none.
+create function durably.schedule_latest(p_cron text, p_every_ms bigint, p_tz text, p_from timestamptz, p_upto timestamptz)
+returns timestamptz
+language plpgsql stable as $$
+declare
+  v_span interval := interval '1 second';
+  v_lo   timestamptz;
+  v_hi   timestamptz := p_upto;
+  v_mid  timestamptz;
+  v_t    timestamptz;
+begin
+  if p_from > p_upto then
+    return p_from;
+  end if;
+  if p_cron is null then
+    return p_from + floor(extract(epoch from p_upto - p_from) * 1000 / p_every_ms) * p_every_ms * interval '1 millisecond';
+  end if;
+  -- cron_next(x) <= p_upto exactly when x is before the newest run: find
+  -- such an x (v_lo) and one that is not (v_hi), then bisect to a
+  -- millisecond; runs are whole seconds apart, so the first run after v_lo
+  -- is then the newest.
+  loop
+    v_lo := p_upto - v_span;
+    if v_lo <= p_from then
+      v_lo := p_from - interval '1 microsecond';
+      exit;
+    end if;
+    v_t := durably.cron_next(p_cron, v_lo, p_tz);
+    exit when v_t is not null and v_t <= p_upto;
+    v_hi := v_lo;
+    v_span := v_span * 2;
+  end loop;
+  while v_hi - v_lo > interval '1 millisecond' loop
+    v_mid := v_lo + (v_hi - v_lo) / 2;
+    v_t := durably.cron_next(p_cron, v_mid, p_tz);
+    if v_t is not null and v_t <= p_upto then v_lo := v_mid; else v_hi := v_mid; end if;
+  end loop;
+  v_t := durably.cron_next(p_cron, v_lo, p_tz);
+  return case when v_t is not null and v_t <= p_upto then v_t else p_from end;
+end $$;
+
 -- A tick's promise id from the schedule's template.
 create function durably.schedule_promise_id(p_template text, p_schedule text, p_tick timestamptz, p_occurrence bigint)
 returns text
@@ -136,40 +180,42 @@ begin
     raise exception using errcode = 'DU002', message = 'timeout_ms must be positive and catchup_window_ms not negative';
   end if;
 
-  select * into v_existing from durably.schedules s where s.id = p_id for update;
+  v_new.next_run_at := durably.schedule_next(v_new.cron, v_new.every_ms, v_new.timezone, now());
+  v_new.paused := false;
+  v_new.occurrence := 0;
+  v_new.created_at := now();
+  v_new.updated_at := now();
+  -- Insert, or else judge the row that exists. A concurrent creator makes the
+  -- insert wait and then do nothing; a new statement sees its committed row.
+  insert into durably.schedules select v_new.* on conflict (id) do nothing;
   if found then
-    if (v_existing.cron, v_existing.every_ms, v_existing.timezone, v_existing.func, v_existing.args,
-        v_existing.group_name, v_existing.id_template, v_existing.timeout_ms, v_existing.overlap,
-        v_existing.catchup, v_existing.catchup_window_ms)
-       is not distinct from
-       (v_new.cron, v_new.every_ms, v_new.timezone, v_new.func, v_new.args, v_new.group_name,
-        v_new.id_template, v_new.timeout_ms, v_new.overlap, v_new.catchup, v_new.catchup_window_ms) then
-      return next v_existing;
-      return;
-    end if;
-    if not p_replace then
-      raise exception using errcode = 'DU004',
-        message = format('schedule %L already exists with another definition (pass replace to change it)', p_id);
-    end if;
-    return query
-    update durably.schedules s
-       set cron = v_new.cron, every_ms = v_new.every_ms, timezone = v_new.timezone, func = v_new.func,
-           args = v_new.args, group_name = v_new.group_name, id_template = v_new.id_template,
-           timeout_ms = v_new.timeout_ms, overlap = v_new.overlap, catchup = v_new.catchup,
-           catchup_window_ms = v_new.catchup_window_ms, updated_at = now(),
-           next_run_at = durably.schedule_next(v_new.cron, v_new.every_ms, v_new.timezone, now())
-     where s.id = p_id
-    returning s.*;
-  else
-    v_new.next_run_at := durably.schedule_next(v_new.cron, v_new.every_ms, v_new.timezone, now());
-    v_new.paused := false;
-    v_new.occurrence := 0;
-    v_new.created_at := now();
-    v_new.updated_at := now();
-    -- A concurrent creator of the same id makes this raise unique_violation;
-    -- callers retry and then see the row above.
-    return query insert into durably.schedules select v_new.* returning *;
+    perform pg_notify('durably_schedules', p_id);
+    return next v_new;
+    return;
   end if;
+
+  select * into v_existing from durably.schedules s where s.id = p_id for update;
+  if (v_existing.cron, v_existing.every_ms, v_existing.timezone, v_existing.func, v_existing.args,
+      v_existing.group_name, v_existing.id_template, v_existing.timeout_ms, v_existing.overlap,
+      v_existing.catchup, v_existing.catchup_window_ms)
+     is not distinct from
+     (v_new.cron, v_new.every_ms, v_new.timezone, v_new.func, v_new.args, v_new.group_name,
+      v_new.id_template, v_new.timeout_ms, v_new.overlap, v_new.catchup, v_new.catchup_window_ms) then
+    return next v_existing;
+    return;
+  end if;
+  if not p_replace then
+    raise exception using errcode = 'DU004',
+      message = format('schedule %L already exists with another definition (pass replace to change it)', p_id);
+  end if;
+  return query
+  update durably.schedules s
+     set cron = v_new.cron, every_ms = v_new.every_ms, timezone = v_new.timezone, func = v_new.func,
+         args = v_new.args, group_name = v_new.group_name, id_template = v_new.id_template,
+         timeout_ms = v_new.timeout_ms, overlap = v_new.overlap, catchup = v_new.catchup,
+         catchup_window_ms = v_new.catchup_window_ms, updated_at = now(), next_run_at = v_new.next_run_at
+   where s.id = p_id
+  returning s.*;
   perform pg_notify('durably_schedules', p_id);
 end $$;
 
@@ -219,7 +265,9 @@ begin
   if not found then
     raise exception using errcode = 'DU003', message = format('schedule %L not found', p_id);
   end if;
-  v_t := greatest(v_s.next_run_at, now()) - interval '1 microsecond';
+  -- one step before the first run to show (schedule_next of a fixed delay adds every_ms)
+  v_t := greatest(v_s.next_run_at, now())
+         - case when v_s.every_ms is null then interval '1 microsecond' else v_s.every_ms * interval '1 millisecond' end;
   for i in 1..p_n loop
     v_t := durably.schedule_next(v_s.cron, v_s.every_ms, v_s.timezone, v_t);
     exit when v_t is null;
@@ -257,6 +305,12 @@ begin
     -- The due tick times, oldest first.
     v_ticks := '{}';
     v_t := v_s.next_run_at;
+    -- latest and none keep at most the newest due tick: start there, not at
+    -- the oldest one of a long backlog, which p_max_ticks would cut off
+    -- short of now (creating a stale tick as the "latest").
+    if v_s.catchup <> 'all' and v_t <= now() then
+      v_t := durably.schedule_latest(v_s.cron, v_s.every_ms, v_s.timezone, v_t, now());
+    end if;
     while v_t is not null and v_t <= now() and cardinality(v_ticks) < p_max_ticks loop
       v_ticks := v_ticks || v_t;
       v_t := durably.schedule_next(v_s.cron, v_s.every_ms, v_s.timezone, v_t);
@@ -273,6 +327,13 @@ begin
 
     v_prev := v_s.last_promise_id;
     foreach v_t in array v_ticks loop
+      -- buffer_one share-locks the previous promise first (as suspend_task
+      -- does): a settle committed meanwhile is seen below, a later one waits
+      -- and then finds the callback inserted below. Otherwise the buffered
+      -- tick could wait on an already settled promise forever.
+      if v_s.overlap = 'buffer_one' then
+        perform 1 from durably.promises p where p.id = v_prev for share;
+      end if;
       select p.state into v_prev_state from durably.promises p where p.id = v_prev;
       select t.state into v_prev_task from durably.tasks t where t.promise_id = v_prev;
       if v_prev_state = 'pending' and v_s.overlap = 'skip_if_running' then

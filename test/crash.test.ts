@@ -5,13 +5,13 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably } from '../src/index.js';
 import { testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
+import { spawnChild, within, type Child } from './helpers/processes.js';
 
 const db = await testDatabase();
 const sql = db.sql;
@@ -29,64 +29,26 @@ const uid = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
 
 type Row = Record<string, any>;
 
-interface Child {
-  name: string;
+interface Worker extends Child {
   workerId: string;
-  proc: ChildProcess;
-  stdout: string;
-  stderr: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  alive(): boolean;
 }
 
-/** Starts a worker child and waits for its `ready` line; killed after the test if still running. */
-async function spawnWorker(t: TestContext, name: string, env: Record<string, string>): Promise<Child> {
-  const childEnv: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: db.url, WORKER_NAME: name, ...env };
-  delete childEnv.NODE_TEST_CONTEXT;
-  const proc = spawn(process.execPath, ['--import', 'tsx', FIXTURE], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-  const child: Child = {
-    name, workerId: '', proc, stdout: '', stderr: '',
-    exited: new Promise((ok) => proc.once('exit', (code, signal) => ok({ code, signal }))),
-    alive: () => proc.exitCode === null && proc.signalCode === null,
-  };
-  proc.stdout!.setEncoding('utf8').on('data', (s: string) => { child.stdout += s; });
-  proc.stderr!.setEncoding('utf8').on('data', (s: string) => { child.stderr += s; });
-  t.after(async () => {
-    if (child.alive()) proc.kill('SIGKILL');
-    await child.exited;
-  });
-  const match = await Promise.race([
-    waitFor(() => /ready (\S+)/.exec(child.stdout), { timeoutMs: 30_000, what: `worker ${name} to start` }),
-    child.exited.then(({ code, signal }) => {
-      throw new Error(`worker ${name} exited (${code ?? signal}) before it was ready:\n${child.stderr}`);
-    }),
-  ]);
-  child.workerId = match[1];
-  return child;
+/** Starts a worker child and waits for its `ready <id>` line; killed after the test if still running. */
+async function spawnWorker(t: TestContext, name: string, env: Record<string, string>): Promise<Worker> {
+  const child = await spawnChild(t, name, FIXTURE, { env: { DATABASE_URL: db.url, WORKER_NAME: name, ...env }, ready: /ready (\S+)/ });
+  const match = child.stdout.match(/ready (\S+)/)!;
+  return Object.assign(child, { workerId: match[1] });
 }
 
 async function kill(child: Child): Promise<void> {
-  child.proc.kill('SIGKILL');
-  const exit = await child.exited;
-  assert.equal(exit.signal, 'SIGKILL');
+  await child.kill();
+  assert.equal((await child.exited).signal, 'SIGKILL');
 }
 
 function client(t: TestContext): Durably {
   const d = new Durably({ url: db.url, group: uid('client'), pollMs: 200, log: () => {} });
   t.after(() => d.stop());
   return d;
-}
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function problems(children: Child[]): string {

@@ -13,6 +13,7 @@ import {
 } from '../src/index.js';
 import { testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
+import { within } from './helpers/processes.js';
 
 const db = await testDatabase();
 const sql = db.sql;
@@ -50,18 +51,6 @@ async function taskRow(id: string): Promise<Row | undefined> {
 
 async function children(id: string): Promise<Row[]> {
   return [...await sql<Row[]>`select * from durably.promises where parent_id = ${id} order by created_at, id`];
-}
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Counts calls by key. */

@@ -5,7 +5,6 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -13,6 +12,7 @@ import { Durably, InvalidArgumentError, type DurableHandle } from '../src/index.
 import { connect } from '../src/db.js';
 import { testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
+import { spawnChild, within, type Child } from './helpers/processes.js';
 
 const db = await testDatabase();
 const sql = db.sql;
@@ -27,56 +27,15 @@ const FIXTURE = fileURLToPath(new URL('./fixtures/worker.ts', import.meta.url));
 const uid = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
 const quiet = () => {};
 
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  stdout: string;
-  stderr: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  alive(): boolean;
-}
-
 /** Starts a worker child and waits for its `ready` line; killed after the test if still running. */
-async function spawnWorker(t: TestContext, name: string, env: Record<string, string>): Promise<Child> {
-  const childEnv: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: db.url, WORKER_NAME: name, ...env };
-  delete childEnv.NODE_TEST_CONTEXT;
-  const proc = spawn(process.execPath, ['--import', 'tsx', FIXTURE], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-  const child: Child = {
-    name, proc, stdout: '', stderr: '',
-    exited: new Promise((ok) => proc.once('exit', (code, signal) => ok({ code, signal }))),
-    alive: () => proc.exitCode === null && proc.signalCode === null,
-  };
-  proc.stdout!.setEncoding('utf8').on('data', (s: string) => { child.stdout += s; });
-  proc.stderr!.setEncoding('utf8').on('data', (s: string) => { child.stderr += s; });
-  t.after(async () => {
-    if (child.alive()) proc.kill('SIGKILL');
-    await child.exited;
-  });
-  await Promise.race([
-    waitFor(() => child.stdout.includes('ready'), { timeoutMs: 30_000, what: `worker ${name} to start` }),
-    child.exited.then(({ code, signal }) => {
-      throw new Error(`worker ${name} exited (${code ?? signal}) before it was ready:\n${child.stderr}`);
-    }),
-  ]);
-  return child;
+function spawnWorker(t: TestContext, name: string, env: Record<string, string>): Promise<Child> {
+  return spawnChild(t, name, FIXTURE, { env: { DATABASE_URL: db.url, WORKER_NAME: name, ...env } });
 }
 
 function client(t: TestContext, config: { group?: string; pollMs?: number } = {}): Durably {
   const d = new Durably({ url: db.url, group: uid('client'), pollMs: 200, log: quiet, ...config });
   t.after(() => d.stop());
   return d;
-}
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function fatal(children: Child[]): string {

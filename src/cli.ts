@@ -10,6 +10,7 @@ import { databaseForDev } from './database.js';
 import { connect } from './db.js';
 import { migrate } from './migrate.js';
 import { DurablyError, InvalidArgumentError } from './errors.js';
+import { parseTarget } from './options.js';
 
 const HELP = `durably — durable executions, promises and cron inside Postgres
 
@@ -27,6 +28,8 @@ usage: durably <command> [options]     (DATABASE_URL or --url picks the database
   tree <id>                             the call tree of an execution
 
 options: --url <url>  --json  --help`;
+
+const STATES = ['pending', 'resolved', 'rejected', 'rejected_canceled', 'rejected_timedout'];
 
 type Flags = { url?: string; json?: boolean; help?: boolean; worker?: string; group?: string; id?: string;
   wait?: boolean; state?: string; pattern?: string; timezone?: string };
@@ -64,7 +67,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
-  const durably = new Durably({ url, group: flags.group ?? 'default', poolSize: 2, log: () => {} });
+  // --group may be a target (poll://any@g) for invoke
+  const durably = new Durably({ url, group: parseTarget(flags.group ?? 'default'), poolSize: 2, log: () => {} });
   try {
     const grouped = ['promises', 'schedules', 'tasks', 'workers'].includes(command);
     switch (grouped ? `${command} ${rest[0] ?? ''}` : command) {
@@ -81,6 +85,9 @@ async function main(argv: string[]): Promise<number> {
       }
       case `promises get`: out(await durably.promises.get(need(rest[1], 'id'))); return 0;
       case `promises list`:
+        if (flags.state !== undefined && !STATES.includes(flags.state)) {
+          throw new InvalidArgumentError(`invalid state ${JSON.stringify(flags.state)}: ${STATES.join(', ')}`);
+        }
         out(await durably.promises.search(flags.pattern ?? '*', { state: flags.state as never })); return 0;
       case `promises resolve`:
         out(await durably.promises.resolve(need(rest[1], 'id'), rest[2] === undefined ? null : parseJson(rest[2], 'value'))); return 0;
@@ -117,12 +124,14 @@ async function main(argv: string[]): Promise<number> {
         await durably.promises.get(need(rest[0], 'id'));
         out(await durably.sql`
           with recursive tree as (
-            select p.*, 0 as depth from durably.promises p where p.id = ${rest[0]}
+            select p.*, 0 as depth, array[p.id] as path from durably.promises p where p.id = ${rest[0]}
             union all
-            select c.*, t.depth + 1 from durably.promises c join tree t on c.parent_id = t.id)
-          select repeat('  ', depth) || id as id, kind, func, state,
-                 round(extract(epoch from (coalesce(settled_at, now()) - created_at)) * 1000) as ms
-            from tree order by id`);
+            -- children in the order they were created (ids of siblings sort 1, 10, 2 as text)
+            select c.*, t.depth + 1, t.path || (to_char(c.created_at, 'YYYYMMDDHH24MISSUS') || ' ' || c.id)
+              from durably.promises c join tree t on c.parent_id = t.id)
+          select repeat('  ', tree.depth) || tree.id as id, kind, func, state,
+                 round(extract(epoch from (coalesce(settled_at, now()) - created_at)) * 1000)::bigint as ms
+            from tree order by tree.path`);
         return 0;
       }
       default:
@@ -196,7 +205,9 @@ main(process.argv.slice(2)).then(
   (err) => {
     console.error(`durably: ${(err as Error).message}`);
     const badInput = err instanceof InvalidArgumentError
-      || (err instanceof DurablyError && ['NOT_FOUND', 'ALREADY_EXISTS'].includes(err.code));
+      || (err instanceof DurablyError && ['NOT_FOUND', 'ALREADY_EXISTS'].includes(err.code))
+      // parseArgs: an unknown option, or a value missing after one
+      || String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS');
     process.exit(badInput ? 2 : 1);
   },
 );

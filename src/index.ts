@@ -9,3 +9,7 @@ export {
   PromiseRejectedError, type ErrorValue,
 } from './errors.js';
 export { ScheduleHandle, type ScheduleRecord, type Recurrence, type OverlapPolicy, type CatchupPolicy } from './schedules.js';
+export {
+  invokeInKysely, type DurablyDatabase, type InvokeResult, type PromiseListRow, type TaskListRow, type ScheduleListRow,
+  type WorkerStatusRow,
+} from './kysely.js';

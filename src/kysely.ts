@@ -1,0 +1,147 @@
+/**
+ * Kysely support: table types for durably's read-only views, and enqueueing
+ * inside a Kysely transaction (the invocation exists if and only if that
+ * transaction commits).
+ *
+ *   import { Kysely } from 'kysely';
+ *   import { PostgresJSDialect } from 'kysely-postgres-js';
+ *   const db = new Kysely<AppDatabase & DurablyDatabase>({ dialect: new PostgresJSDialect({ postgres: postgres(url) }) });
+ *   await db.transaction().execute(async (trx) => {
+ *     const order = await trx.insertInto('orders').values({ total: 10 }).returning('id').executeTakeFirstOrThrow();
+ *     await invokeInKysely(trx, `order-${order.id}`, 'ship_order', [order.id], 'workers');
+ *   });
+ *   await db.selectFrom('durably.promise_list').selectAll().where('state', '=', 'pending').execute();
+ */
+import { sql, type Kysely } from 'kysely';
+import { fromDatabase, InvalidArgumentError, type ErrorValue } from './errors.js';
+import { toJson } from './json.js';
+import { invokeOptions, parseTarget, type CallOptions } from './options.js';
+import type { PromiseState } from './promises.js';
+import type { CatchupPolicy, OverlapPolicy } from './schedules.js';
+
+/** A row of durably.promise_list: a promise and, while it is pending, its task. */
+export interface PromiseListRow {
+  id: string;
+  state: PromiseState;
+  kind: 'invoke' | 'step' | 'sleep' | 'external';
+  func: string | null;
+  args: unknown[] | null;
+  value: unknown;
+  tags: Record<string, string>;
+  parent_id: string | null;
+  root_id: string;
+  timeout_at: Date;
+  created_at: Date;
+  settled_at: Date | null;
+  /** The task's columns; null once the promise settled (or for steps, timers and external promises). */
+  group_name: string | null;
+  task_state: 'ready' | 'claimed' | 'suspended' | null;
+  attempt: number | null;
+  available_at: Date | null;
+  worker_id: string | null;
+  last_error: ErrorValue | null;
+}
+
+/** A row of durably.task_list: an invocation waiting to run, running or suspended. */
+export interface TaskListRow {
+  promise_id: string;
+  func: string | null;
+  group_name: string;
+  state: 'ready' | 'claimed' | 'suspended';
+  available_at: Date;
+  attempt: number;
+  worker_id: string | null;
+  claimed_at: Date | null;
+  last_error: ErrorValue | null;
+  created_at: Date;
+  root_id: string;
+  timeout_at: Date;
+}
+
+/** A row of durably.schedule_list: a schedule and the state of its latest tick. */
+export interface ScheduleListRow {
+  id: string;
+  cron: string | null;
+  every_ms: number | null;
+  timezone: string;
+  func: string;
+  args: unknown[];
+  group_name: string;
+  id_template: string;
+  timeout_ms: number;
+  overlap: OverlapPolicy;
+  catchup: CatchupPolicy;
+  catchup_window_ms: number | null;
+  paused: boolean;
+  next_run_at: Date | null;
+  last_run_at: Date | null;
+  last_promise_id: string | null;
+  last_state: PromiseState | null;
+  occurrence: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** A row of durably.worker_status. */
+export interface WorkerStatusRow {
+  id: string;
+  group_name: string;
+  host: string;
+  pid: number;
+  functions: string[];
+  lease_ms: number;
+  started_at: Date;
+  heartbeat_at: Date;
+  stopped_at: Date | null;
+  status: 'active' | 'stale' | 'stopped';
+}
+
+/**
+ * durably's views as Kysely tables (read-only: write through the functions).
+ * Merge it with the application's own: `Kysely<AppDatabase & DurablyDatabase>`.
+ * bigint columns (every_ms, timeout_ms, occurrence) come back as strings
+ * unless the postgres.js pool parses int8.
+ */
+export interface DurablyDatabase {
+  'durably.promise_list': PromiseListRow;
+  'durably.task_list': TaskListRow;
+  'durably.schedule_list': ScheduleListRow;
+  'durably.worker_status': WorkerStatusRow;
+}
+
+/** What durably.invoke returns: the promise, and whether this call created it. */
+export interface InvokeResult {
+  id: string;
+  state: PromiseState;
+  value: unknown;
+  timeout_at: Date;
+  /** false: the id existed (dedup), nothing new was started. */
+  created: boolean;
+}
+
+/**
+ * Invokes `func(...args)` on a group (`workers` or `poll://any@workers`) with
+ * `select * from durably.invoke(...)` on `db`: a Kysely transaction (or
+ * connection). In a transaction, the invocation exists if and only if it
+ * commits, and workers are woken at commit. Options as for beginRpc
+ * (timeout, tags, retry, delay). Bad input throws InvalidArgumentError
+ * before anything is sent.
+ */
+export async function invokeInKysely(
+  db: Kysely<any>, id: string, func: string, args: unknown[], target: string,
+  opts: Pick<CallOptions, 'timeout' | 'tags' | 'retry' | 'delay'> = {},
+): Promise<InvokeResult> {
+  if (typeof id !== 'string') throw new InvalidArgumentError('the id must be a string');
+  if (typeof func !== 'string' || func === '') throw new InvalidArgumentError('the function name must be a non-empty string');
+  if (!Array.isArray(args)) throw new InvalidArgumentError('args must be an array');
+  const group = parseTarget(target);
+  const argsJson = toJson(args, `the args of ${func}`);
+  const optsJson = JSON.stringify(invokeOptions(opts));
+  try {
+    const { rows } = await sql<InvokeResult>`
+      select * from durably.invoke(${id}, ${func}, ${argsJson}::text::jsonb, ${group}, ${optsJson}::text::jsonb)`.execute(db);
+    return rows[0];
+  } catch (err) {
+    throw fromDatabase(err);
+  }
+}

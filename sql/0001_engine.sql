@@ -369,24 +369,33 @@ $$;
 -- Claims up to p_limit runnable tasks of a group under a lease. A task found
 -- still claimed has an expired lease: its worker died, which counts as an
 -- attempt. History (the promise's children) comes along when there is some.
+-- The ids are picked first, and then only those rows are touched, by primary
+-- key: one statement joining the pick to both tables gets a generic plan that
+-- hash-joins whole tables (a claim would read every retained promise).
 create function durably.claim_tasks(p_worker uuid, p_group text, p_limit integer, p_lease_ms integer)
 returns table (id text, func text, args jsonb, state text, timeout_at timestamptz, root_id text,
                attempt integer, retry jsonb, history jsonb)
-language sql as $$
-  with picked as (
-    select t.promise_id, t.state from durably.tasks t
-     where t.group_name = p_group and t.available_at <= now()
-     order by t.available_at
-     limit p_limit
-       for update skip locked
-  ), claimed as (
+language plpgsql as $$
+declare
+  v_ids text[];
+begin
+  select array_agg(k.promise_id) into v_ids
+    from (select t.promise_id from durably.tasks t
+           where t.group_name = p_group and t.available_at <= now()
+           order by t.available_at
+           limit p_limit
+             for update skip locked) k;
+  if v_ids is null then
+    return;
+  end if;
+  return query
+  with claimed as (
     update durably.tasks t
        set state = 'claimed', worker_id = p_worker, claimed_at = now(),
            available_at = now() + p_lease_ms * interval '1 millisecond',
-           attempt = t.attempt + (picked.state = 'claimed')::integer,
-           replay = t.replay or picked.state = 'claimed'
-      from picked
-     where t.promise_id = picked.promise_id
+           attempt = t.attempt + (t.state = 'claimed')::integer,
+           replay = t.replay or t.state = 'claimed'
+     where t.promise_id = any(v_ids)
     returning t.promise_id, t.attempt, t.retry, t.replay
   )
   select p.id, p.func, p.args, p.state, p.timeout_at, p.root_id, c.attempt, c.retry,
@@ -397,7 +406,8 @@ language sql as $$
               from durably.promises h where h.parent_id = p.id)
          end
     from claimed c join durably.promises p on p.id = c.promise_id
-$$;
+   where p.id = any(v_ids);
+end $$;
 
 -- One call per worker process renews every lease it holds. Returns the held
 -- ids it no longer holds: their promise settled (canceled, timed out, or

@@ -548,4 +548,14 @@ test('EXPLAIN: claims use tasks_claim and settlements the primary keys, with 100
   const dropPlan = await explain(`delete from durably.tasks t where t.promise_id = any($1::text[])`, [ids]);
   assert.ok(dropPlan.some((n) => n['Index Name'] === 'tasks_pkey'), `task drop uses tasks_pkey: ${describe(dropPlan)}`);
   assert.ok(!dropPlan.some((n) => n['Node Type'] === 'Seq Scan'), `no Seq Scan: ${describe(dropPlan)}`);
+  // The whole claim procedure, as a worker calls it: the scans it makes in
+  // its transaction are counted there (pg_stat_xact_user_tables).
+  const scans = await sql.begin(async (tx) => {
+    const claimed = await tx`select id from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 50, 30000)`;
+    assert.equal(claimed.length, 50);
+    return tx<{ relname: string; seq_scan: number }[]>`
+      select relname, seq_scan::int from pg_stat_xact_user_tables
+       where schemaname = 'durably' and relname in ('tasks', 'promises')`;
+  });
+  for (const { relname, seq_scan } of scans) assert.equal(seq_scan, 0, `claim_tasks made a sequential scan of ${relname}`);
 });

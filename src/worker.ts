@@ -52,7 +52,8 @@ export class Worker {
   private readonly running = new Map<string, Execution>();
   /** Ids whose outcome is not yet written: their leases must stay renewed. */
   private readonly held = new Set<string>();
-  private pumping = false;
+  /** The claim loop while it runs: stop() waits for a claim in flight. */
+  private pumping?: Promise<void>;
   private pumpAgain = false;
   private pumpScheduled = false;
   /** The last claim came back full: there may be more to claim. */
@@ -90,6 +91,8 @@ export class Worker {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
     await this.listener?.unlisten().catch(() => {});
+    // Tasks a claim in flight brings back are not run: release_tasks below frees them.
+    await this.pumping;
     if (this.running.size > 0) {
       const drained = new Promise<void>((ok) => { this.drained = ok; });
       await Promise.race([drained, delay(this.config.graceMs)]);
@@ -107,8 +110,7 @@ export class Worker {
   private pump(): void {
     if (this.stopping) return;
     if (this.pumping) { this.pumpAgain = true; return; }
-    this.pumping = true;
-    void (async () => {
+    const run = (async () => {
       try {
         do {
           this.pumpAgain = false;
@@ -117,6 +119,7 @@ export class Worker {
             if (free <= 0 || this.stopping) { this.backlog = true; break; }
             const tasks = await this.sql<ClaimedTask[]>`
               select * from durably.claim_tasks(${this.id}, ${this.config.group}, ${free}, ${this.config.leaseMs})`;
+            if (this.stopping) break;
             for (const task of tasks) this.execute(task);
             this.backlog = tasks.length === free;
             if (!this.backlog) break;
@@ -124,10 +127,14 @@ export class Worker {
         } while (this.pumpAgain && !this.stopping);
       } catch (err) {
         this.config.log(`claim failed, retrying at the next poll: ${(err as Error).message}`);
-      } finally {
-        this.pumping = false;
       }
     })();
+    this.pumping = run;
+    void run.then(() => {
+      this.pumping = undefined;
+      // a wake-up that came after the loop's last look
+      if (this.pumpAgain) this.pump();
+    });
   }
 
   /** Pumps once the executions finishing in this turn have freed their slots: fewer, larger claims. */

@@ -312,3 +312,60 @@ test('promises.create + promises.resolve from another instance wakes a get(id).r
   assert.deepEqual(found.map((p) => p.id).sort(), [id, rid, cid].sort());
   assert.deepEqual((await a.promises.search('ext-*', { state: 'rejected_canceled' })).map((p) => p.id), [cid]);
 });
+
+test('stop() during a claim in flight runs none of what it brings back and releases it at once', async (t) => {
+  const group = uid('g');
+  const client = durably(t, { group: uid('client') });
+  const ids = await Promise.all(Array.from({ length: 20 }, async () => {
+    const id = uid('held');
+    await client.beginRpc(id, 'record', client.options({ target: group }));
+    return id;
+  }));
+  async function record(ctx: Context) {
+    await sql`insert into runs (invocation_id, attempt) values (${ctx.id}, ${ctx.attempt})`;
+  }
+  // Hold the claim: its FOR UPDATE waits while another transaction locks the table.
+  let unlock!: () => void;
+  const locked = new Promise<void>((ok) => { unlock = ok; });
+  let holding!: () => void;
+  const held = new Promise<void>((ok) => { holding = ok; });
+  const lock = sql.begin(async (tx) => {
+    await tx`lock table durably.tasks in exclusive mode`;
+    holding();
+    await locked;
+  });
+  await held;
+  const first = new Durably({ url: db.url, group, leaseMs: 30_000, pollMs: 200, log: quiet });
+  first.register(record);
+  const started = first.start();
+  // wait until the worker's claim is blocked on the lock
+  await waitForClaimBlocked();
+  const stopping = (async () => { await started; await first.stop(); })();
+  await delay(100);
+  unlock();
+  await lock;
+  await stopping;
+  const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from runs where invocation_id = any(${ids})`;
+  assert.equal(n, 0, 'the stopped worker ran nothing');
+  const [{ ready }] = await sql<{ ready: number }[]>`
+    select count(*)::int as ready from durably.tasks where promise_id = any(${ids}) and state = 'ready' and available_at <= now()`;
+  assert.equal(ready, 20, 'every task is claimable at once, not after the 30 s lease');
+  const second = durably(t, { group });
+  second.register(record);
+  await second.start();
+  await Promise.all(ids.map((id) => client.get(id).then((h) => h.result())));
+  const attempts = await sql<{ attempt: number }[]>`select attempt from runs where invocation_id = any(${ids})`;
+  assert.equal(attempts.length, 20);
+  assert.ok(attempts.every((r) => r.attempt === 1), 'a released task is not a failed attempt');
+});
+
+async function waitForClaimBlocked(): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const [row] = await sql`
+      select 1 from pg_stat_activity
+       where datname = current_database() and wait_event_type = 'Lock' and query like '%claim_tasks%'`;
+    if (row) return;
+    await delay(25);
+  }
+  throw new Error('the claim never blocked on the table lock');
+}

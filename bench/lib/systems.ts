@@ -1,0 +1,71 @@
+/**
+ * The two systems under test, started the same way by every workload.
+ *
+ * durably: a Durably instance of group `bench` (pool concurrency + 2, poll 1 s).
+ * graphile-worker 0.18 in its best documented configuration:
+ *   localQueue: { size: max(2C, 100) }, completeJobBatchDelay: 0,
+ *   failJobBatchDelay: 0, pollInterval 1 s (same as durably's pollMs),
+ *   maxPoolSize max(10, C + 2) (its documented recommendation), noHandleSignals.
+ */
+import { Durably } from '../../src/durably.js';
+import type { Context } from '../../src/context.js';
+import { run, makeWorkerUtils, type Runner, type TaskList, type WorkerUtils } from 'graphile-worker';
+import { silentLogger } from './db.js';
+
+export const GROUP = 'bench';
+export const POLL_MS = 1000;
+
+export type SystemName = 'durably' | 'graphile';
+
+export function graphileOptions(concurrency: number) {
+  return {
+    concurrency,
+    pollInterval: POLL_MS,
+    noHandleSignals: true,
+    maxPoolSize: Math.max(10, concurrency + 2),
+    logger: silentLogger,
+    crontab: '',
+    preset: {
+      worker: {
+        localQueue: { size: Math.max(2 * concurrency, 100) },
+        completeJobBatchDelay: 0,
+        failJobBatchDelay: 0,
+      },
+    },
+  };
+}
+
+export async function startGraphile(url: string, concurrency: number, taskList: TaskList): Promise<Runner> {
+  return run({ connectionString: url, ...graphileOptions(concurrency), taskList });
+}
+
+export async function graphileUtils(url: string): Promise<WorkerUtils> {
+  return makeWorkerUtils({ connectionString: url, logger: silentLogger });
+}
+
+export type DurablyFunctions = Record<string, (ctx: Context, ...args: any[]) => unknown>;
+
+/** A durably worker (not started yet when `start` is false). */
+export function makeDurably(url: string, concurrency: number, functions: DurablyFunctions = {}): Durably {
+  const d = new Durably({
+    url, group: GROUP, concurrency, pollMs: POLL_MS,
+    log: (m) => { if (process.env.BENCH_DEBUG) console.error(`[durably] ${m}`); },
+  });
+  for (const [name, fn] of Object.entries(functions)) d.register(name, fn);
+  return d;
+}
+
+/** Migration check and a first pooled connection, so a timed start() measures claiming, not setup. */
+export async function warmDurably(d: Durably): Promise<void> {
+  await d.promises.search('__warmup__', { limit: 1 });
+}
+
+/** Count of not-yet-completed work in a durably database (tasks left). */
+export async function durablyTasksLeft(d: Durably): Promise<number> {
+  const [{ n }] = await d.sql`select count(*)::int as n from durably.tasks`;
+  return n as number;
+}
+
+export async function graphileJobsLeft(utils: WorkerUtils): Promise<number> {
+  return utils.withPgClient(async (c) => Number((await c.query('select count(*)::int as n from graphile_worker._private_jobs')).rows[0].n));
+}

@@ -63,6 +63,9 @@ export class Worker {
   private listener?: { unlisten(): Promise<void> };
   private settlements: Settlement[] = [];
   private flushing?: Promise<void>;
+  private flushScheduled = false;
+  /** Claimed ahead of free slots, in claim order: run as slots free up. */
+  private queue: ClaimedTask[] = [];
   private drained?: () => void;
 
   constructor(
@@ -91,8 +94,11 @@ export class Worker {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
     await this.listener?.unlisten().catch(() => {});
-    // Tasks a claim in flight brings back are not run: release_tasks below frees them.
+    // Tasks a claim in flight brings back, and those claimed ahead, are not
+    // run: release_tasks below frees them.
     await this.pumping;
+    for (const task of this.queue) this.held.delete(task.id);
+    this.queue = [];
     if (this.running.size > 0) {
       const drained = new Promise<void>((ok) => { this.drained = ok; });
       await Promise.race([drained, delay(this.config.graceMs)]);
@@ -106,7 +112,11 @@ export class Worker {
     return this.running.size;
   }
 
-  /** Claims while there are free slots and the last claim came back full. */
+  /**
+   * Claims while the last claim came back full, keeping up to twice the
+   * concurrency at hand (running or queued), so that a slot that frees up
+   * starts the next task without a round trip.
+   */
   private pump(): void {
     if (this.stopping) return;
     if (this.pumping) { this.pumpAgain = true; return; }
@@ -115,13 +125,14 @@ export class Worker {
         do {
           this.pumpAgain = false;
           for (;;) {
-            const free = this.config.concurrency - this.running.size;
-            if (free <= 0 || this.stopping) { this.backlog = true; break; }
+            const want = 2 * this.config.concurrency - this.running.size - this.queue.length;
+            if (want <= 0 || this.stopping) { this.backlog = true; break; }
             const tasks = await this.sql<ClaimedTask[]>`
-              select * from durably.claim_tasks(${this.id}, ${this.config.group}, ${free}, ${this.config.leaseMs})`;
+              select * from durably.claim_tasks(${this.id}, ${this.config.group}, ${want}, ${this.config.leaseMs})`;
             if (this.stopping) break;
-            for (const task of tasks) this.execute(task);
-            this.backlog = tasks.length === free;
+            for (const task of tasks) this.enqueue(task);
+            this.drain();
+            this.backlog = tasks.length === want;
             if (!this.backlog) break;
           }
         } while (this.pumpAgain && !this.stopping);
@@ -152,10 +163,22 @@ export class Worker {
     this.sql`select durably.expire_promises()`.catch(() => {});
   }
 
+  private enqueue(task: ClaimedTask): void {
+    // Our own task whose lease ran out while it still runs (or waits) here:
+    // the claim renewed the lease; the run in progress goes on.
+    if (this.held.has(task.id)) return;
+    this.held.add(task.id);
+    this.queue.push(task);
+  }
+
+  /** Starts queued tasks while there are free slots. */
+  private drain(): void {
+    while (this.running.size < this.config.concurrency && this.queue.length > 0 && !this.stopping) {
+      this.execute(this.queue.shift()!);
+    }
+  }
+
   private execute(task: ClaimedTask): void {
-    // Our own task whose lease ran out while it still runs here: the claim
-    // renewed the lease; the run in progress goes on.
-    if (this.running.has(task.id) || this.held.has(task.id)) return;
     const exec = new Execution(
       {
         sql: this.sql,
@@ -168,11 +191,11 @@ export class Worker {
       task.history ? new Map(task.history.map((c) => [c.id, c])) : null,
     );
     this.running.set(task.id, exec);
-    this.held.add(task.id);
     void this.runToOutcome(task, exec).finally(() => {
       this.running.delete(task.id);
       if (this.running.size === 0) this.drained?.();
-      if (this.backlog) this.pumpSoon();
+      this.drain();
+      if (this.backlog && this.queue.length < this.config.concurrency) this.pumpSoon();
     });
   }
 
@@ -245,10 +268,18 @@ export class Worker {
     this.wakeAt(new Date(Date.now() + wait));
   }
 
-  /** Queues a settlement; queued ones are written together in one call. */
-  private settle(id: string, state: string, value: unknown): Promise<void> {
+  /**
+   * Queues a settlement. The slot is free at once; the lease stays renewed
+   * until the settlement is written, together with the others of this turn.
+   */
+  private settle(id: string, state: string, value: unknown): void {
     this.settlements.push({ id, state, value: value === null ? null : typeof value === 'string' ? value : JSON.stringify(value) });
-    return this.flush();
+    if (this.flushScheduled || this.flushing) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      void this.flush();
+    });
   }
 
   private flush(): Promise<void> {
@@ -283,6 +314,12 @@ export class Worker {
               ? new DurablyError('TIMED_OUT', `promise ${id} timed out`)
               : new DurablyError('LEASE_LOST', `lost the lease on ${id} (${state ?? 'gone'})`);
           this.running.get(id)?.abort(reason);
+          // claimed ahead and not started: drop it
+          const queued = this.queue.findIndex((t) => t.id === id);
+          if (queued >= 0) {
+            this.queue.splice(queued, 1);
+            this.held.delete(id);
+          }
         }
       }, (err) => this.config.log(`heartbeat failed: ${(err as Error).message}`));
   }

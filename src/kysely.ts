@@ -16,23 +16,11 @@ import { sql, type Kysely } from 'kysely';
 import { fromDatabase, InvalidArgumentError, type ErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { invokeOptions, parseTarget, type CallOptions } from './options.js';
-import type { PromiseState } from './promises.js';
-import type { CatchupPolicy, OverlapPolicy } from './schedules.js';
+import type { PromiseRecord, PromiseState } from './promises.js';
+import type { ScheduleRecord } from './schedules.js';
 
 /** A row of durably.promise_list: a promise and, while it is pending, its task. */
-export interface PromiseListRow {
-  id: string;
-  state: PromiseState;
-  kind: 'invoke' | 'step' | 'sleep' | 'external';
-  func: string | null;
-  args: unknown[] | null;
-  value: unknown;
-  tags: Record<string, string>;
-  parent_id: string | null;
-  root_id: string;
-  timeout_at: Date;
-  created_at: Date;
-  settled_at: Date | null;
+export interface PromiseListRow extends PromiseRecord {
   /** The task's columns; null once the promise settled (or for steps, timers and external promises). */
   group_name: string | null;
   task_state: 'ready' | 'claimed' | 'suspended' | null;
@@ -59,27 +47,8 @@ export interface TaskListRow {
 }
 
 /** A row of durably.schedule_list: a schedule and the state of its latest tick. */
-export interface ScheduleListRow {
-  id: string;
-  cron: string | null;
-  every_ms: number | null;
-  timezone: string;
-  func: string;
-  args: unknown[];
-  group_name: string;
-  id_template: string;
-  timeout_ms: number;
-  overlap: OverlapPolicy;
-  catchup: CatchupPolicy;
-  catchup_window_ms: number | null;
-  paused: boolean;
-  next_run_at: Date | null;
-  last_run_at: Date | null;
-  last_promise_id: string | null;
+export interface ScheduleListRow extends ScheduleRecord {
   last_state: PromiseState | null;
-  occurrence: number;
-  created_at: Date;
-  updated_at: Date;
 }
 
 /** A row of durably.worker_status. */

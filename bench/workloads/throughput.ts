@@ -13,14 +13,13 @@ import type { BenchContext, WorkloadResult } from '../lib/context.js';
 
 export interface ThroughputTrial { enqueuePerSec: number; completedPerSec: number; drainMs: number; ok: boolean }
 
-/** One throughput trial; `patchSql` (experiments only) is run on the fresh database first. */
+/** One throughput trial. */
 export async function throughputTrial(ctx: BenchContext, system: SystemName, n: number, concurrency: number,
-  label = 'tp', patchSql?: string): Promise<ThroughputTrial & { violation?: string }> {
+  label = 'tp'): Promise<ThroughputTrial & { violation?: string }> {
   const { dbs, opts } = ctx;
   const url = await dbs.fresh(system, `${label}${concurrency}`);
   const ids = Array.from({ length: n }, (_, i) => `t-${i}`);
   const sql = connect(url, { max: 2, name: 'bench-client' });
-  if (patchSql) await sql.unsafe(patchSql);
   const utils = system === 'graphile' ? await graphileUtils(url) : undefined;
   try {
     await dbs.checkpoint();

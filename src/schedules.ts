@@ -53,8 +53,11 @@ export class Schedules {
     const cron = typeof recurrence === 'string' ? recurrence : null;
     if (typeof func !== 'string' || func === '') throw new InvalidArgumentError('the function name must be a non-empty string');
     await this.ready();
-    await this.call(() => this.sql`
-      select id from durably.create_schedule(${id}, ${cron}, ${func}, ${JSON.stringify(stored)}::text::jsonb, ${opts.replace ?? false})`);
+    // In a caller's transaction (options tx) the schedule exists iff it commits; such a call is not retried.
+    const sql = opts.tx ?? this.sql;
+    const create = () => sql`
+      select id from durably.create_schedule(${id}, ${cron}, ${func}, ${JSON.stringify(stored)}::text::jsonb, ${opts.replace ?? false})`;
+    await this.call(create, !opts.tx);
     return new ScheduleHandle(id, this);
   }
 
@@ -99,9 +102,9 @@ export class Schedules {
     return rows.map((r) => r.t);
   }
 
-  private async call<T>(make: () => Promise<T>): Promise<T> {
+  private async call<T>(make: () => Promise<T>, retry = true): Promise<T> {
     try {
-      return await retryTransient(make);
+      return await (retry ? retryTransient(make) : make());
     } catch (err) {
       throw fromDatabase(err);
     }

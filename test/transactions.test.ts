@@ -175,3 +175,21 @@ test('Kysely: invokeInKysely follows the transaction: rollback leaves nothing, c
   await assert.rejects(invokeInKysely(k, '', 'ship_order', [1], group), InvalidArgumentError);
   await assert.rejects(invokeInKysely(k, uid('x'), 'ship_order', [undefined], group), InvalidArgumentError);
 });
+
+test('postgres.js: a schedule created in a transaction exists iff it commits', async (t) => {
+  const d = await client(t);
+  const rolledBackId = uid('sched-rb');
+  await rolledBack(sql.begin(async (tx) => {
+    await d.schedule(rolledBackId, '0 3 * * *', 'ship_order', 1, d.options({ target: group, tx: tx as unknown as TransactionSql }));
+    assert.equal((await tx`select count(*)::int as n from durably.schedules where id = ${rolledBackId}`)[0].n, 1);
+    throw rollback;
+  }));
+  await assert.rejects(d.schedules.get(rolledBackId), { code: 'NOT_FOUND' });
+
+  const committedId = uid('sched-c');
+  await sql.begin(async (tx) => {
+    await d.schedule(committedId, '0 3 * * *', 'ship_order', 1, d.options({ target: group, tx: tx as unknown as TransactionSql }));
+  });
+  assert.equal((await d.schedules.get(committedId)).cron, '0 3 * * *');
+  await d.schedules.delete(committedId);
+});

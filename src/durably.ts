@@ -28,6 +28,11 @@ export interface DurablyConfig {
   graceMs?: number;
   /** Connections in the pool (default concurrency + 2). */
   poolSize?: number;
+  /**
+   * Settled invocations (with their steps and children) are deleted this long
+   * after they settled (default 7 days); null keeps them forever.
+   */
+  retentionMs?: number | null;
   /** Apply migrations on first use (default true). */
   migrate?: boolean;
   log?: (message: string) => void;
@@ -68,6 +73,7 @@ export class Durably {
       pollMs: config.pollMs ?? 1000,
       inProcessSleepMs: config.inProcessSleepMs ?? 5000,
       graceMs: config.graceMs ?? 10_000,
+      retentionMs: config.retentionMs === undefined ? 7 * 86_400_000 : config.retentionMs,
       migrate: config.migrate ?? true,
       log: config.log ?? ((m) => console.error(`[durably] ${m}`)),
     };

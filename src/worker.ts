@@ -24,6 +24,8 @@ export interface WorkerConfig {
   inProcessSleepMs: number;
   /** How long stop() waits for running executions before releasing them. */
   graceMs: number;
+  /** Settled invocations older than this are pruned (null: kept forever). */
+  retentionMs: number | null;
   log: (message: string) => void;
 }
 
@@ -40,6 +42,9 @@ interface ClaimedTask {
 }
 
 type Settlement = { id: string; state: string; value: string | null };
+
+/** How often a worker deletes settled invocations past their retention. */
+const PRUNE_EVERY_MS = 60_000;
 
 /**
  * Claims tasks of one group in batches, runs them, completes them in batches
@@ -85,6 +90,7 @@ export class Worker {
     );
     this.timers.push(setInterval(() => this.heartbeat(), heartbeatMs));
     this.timers.push(setInterval(() => this.poll(), pollMs));
+    if (this.config.retentionMs !== null) this.timers.push(setInterval(() => this.prune(), PRUNE_EVERY_MS));
     this.pump();
   }
 
@@ -156,6 +162,11 @@ export class Worker {
       this.pumpScheduled = false;
       this.pump();
     });
+  }
+
+  private prune(): void {
+    this.sql`select durably.prune_promises(${this.config.retentionMs} * interval '1 millisecond')`
+      .catch((err) => this.config.log(`pruning settled promises failed: ${(err as Error).message}`));
   }
 
   private poll(): void {

@@ -1,0 +1,41 @@
+/**
+ * Retention: durably.prune_promises deletes settled invocations past the
+ * retention period with their whole call tree, and nothing else.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { testDatabase } from './helpers/db.js';
+
+const db = await testDatabase();
+const sql = db.sql;
+
+async function ids(): Promise<string[]> {
+  return (await sql<{ id: string }[]>`select id from durably.promises order by id`).map((r) => r.id);
+}
+
+test('prune_promises deletes old settled trees (steps, timers, children, tasks) and keeps recent and pending ones', async () => {
+  // an old settled root with a step, a pending timer and a child invocation that still has a task
+  await sql`select * from durably.invoke('old', 'f', '[]', 'g')`;
+  await sql`select * from durably.create_promise('old.0', 'step', now() + interval '1 day', 'resolved', '1', 'old', 'step')`;
+  await sql`select * from durably.create_promise('old.1', 'sleep', now() + interval '1 day', p_parent_id => 'old')`;
+  await sql`select * from durably.invoke('old.2', 'child', '[]', 'g', '{"parent_id": "old"}')`;
+  await sql`select * from durably.resolve('old', '"done"')`;
+  // a recent settled root, and an old pending one
+  await sql`select * from durably.invoke('recent', 'f', '[]', 'g')`;
+  await sql`select * from durably.resolve('recent', '1')`;
+  await sql`select * from durably.invoke('waiting', 'f', '[]', 'g')`;
+  await sql`update durably.promises set settled_at = now() - interval '8 days' where id = 'old'`;
+  await sql`update durably.promises set created_at = now() - interval '30 days' where id = 'waiting'`;
+
+  const [{ prune_promises: removed }] = await sql`select durably.prune_promises(${7 * 86_400_000} * interval '1 millisecond')`;
+  assert.equal(removed, 4, 'the old root and its three descendants');
+  assert.deepEqual(await ids(), ['recent', 'waiting']);
+  const tasks = (await sql<{ promise_id: string }[]>`select promise_id from durably.tasks order by 1`).map((r) => r.promise_id);
+  assert.deepEqual(tasks, ['waiting'], "the old child's task went with it; the pending invocation keeps its own");
+
+  const [{ prune_promises: none }] = await sql`select durably.prune_promises('7 days')`;
+  assert.equal(none, 0);
+  const [{ prune_promises: all }] = await sql`select durably.prune_promises('0 seconds')`;
+  assert.equal(all, 1, 'with no retention only the settled one goes');
+  assert.deepEqual(await ids(), ['waiting']);
+});

@@ -44,8 +44,26 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     connect_timeout: 5,
   });
   return new Proxy(pool, {
-    apply: (target, self, args) => (Reflect.apply(target, self, args) as Promise<unknown>).then(withoutHoles),
+    apply: (target, self, args) =>
+      withDeadline((Reflect.apply(target, self, args) as Promise<unknown>).then(withoutHoles), QUERY_DEADLINE_MS),
   }) as unknown as Sql;
+}
+
+/**
+ * No query of durably's takes long; one that has not answered after this
+ * sat on a connection whose write the driver lost when the server dropped it
+ * (postgres.js 3.4.9 can leave a pooled connection unable to write). It fails
+ * as transient, so callers retry it, most likely on another connection.
+ */
+const QUERY_DEADLINE_MS = 20_000;
+
+function withDeadline<T>(query: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, fail) => {
+    timer = setTimeout(() => fail(Object.assign(new Error(`the query did not answer within ${ms} ms`), { code: 'QUERY_TIMEOUT' })), ms);
+    timer.unref();
+  });
+  return Promise.race([query, deadline]).finally(() => clearTimeout(timer));
 }
 
 function withoutHoles<T>(rows: T): T {
@@ -72,7 +90,7 @@ export function defaultUrl(): string | undefined {
 
 const CONNECTION_CODES = new Set([
   'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT',
-  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH',
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'QUERY_TIMEOUT',
 ]);
 
 /**

@@ -1,5 +1,6 @@
 import postgres from 'postgres';
 import { setTimeout as delay } from 'node:timers/promises';
+import { fromDatabase } from './errors.js';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 export type TransactionSql = postgres.TransactionSql<Record<string, never>>;
@@ -113,5 +114,18 @@ export async function retryTransient<T>(op: () => Promise<T>, attempts = 8): Pro
       if (i >= attempts || !isTransient(err)) throw err;
       await delay(Math.min(50 * 2 ** i, 2000));
     }
+  }
+}
+
+/**
+ * Runs a call of a durably procedure: retried through transient errors unless
+ * `retry` is false (a caller's transaction cannot be retried from here), and
+ * errors raised by the procedure turned into their typed errors.
+ */
+export async function callProcedure<T>(make: () => Promise<T>, retry = true): Promise<T> {
+  try {
+    return await (retry ? retryTransient(make) : make());
+  } catch (err) {
+    throw fromDatabase(err);
   }
 }

@@ -1,5 +1,5 @@
-import { connect, defaultUrl, retryTransient, type Sql } from './db.js';
-import { DurablyError, InvalidArgumentError, fromDatabase, toErrorValue } from './errors.js';
+import { callProcedure, connect, defaultUrl, type Sql } from './db.js';
+import { DurablyError, InvalidArgumentError, toErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { migrate } from './migrate.js';
 import { options, splitArgs, parseTarget, checkGroup, invokeOptions, type CallOptions, type Options } from './options.js';
@@ -193,7 +193,7 @@ export class Durably {
     create: async (id: string, opts: { timeout?: number; tags?: Record<string, string> } = {}): Promise<PromiseRecord> => {
       const stored = invokeOptions(opts);
       await this.ready();
-      await this.call(() => this.sql`select durably.create_promise(${id}, 'external', null,
+      await callProcedure(() => this.sql`select durably.create_promise(${id}, 'external', null,
         p_timeout_ms => ${(stored.timeout_ms as number | undefined) ?? 86_400_000},
         p_tags => ${JSON.stringify(stored.tags ?? {})}::text::jsonb)`);
       return this.settlements.get(id);
@@ -203,7 +203,7 @@ export class Durably {
     reject: async (id: string, error?: unknown) => this.settle(id, 'reject', JSON.stringify(toErrorValue(error ?? new Error('rejected')))),
     cancel: async (id: string, reason = 'canceled'): Promise<PromiseRecord> => {
       await this.ready();
-      const [row] = await this.call(() => this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
+      const [row] = await callProcedure(() => this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
       return row;
     },
     /** Promises whose id matches a LIKE pattern (`*` as wildcard), newest first. */
@@ -224,7 +224,7 @@ export class Durably {
 
   private async settle(id: string, verb: 'resolve' | 'reject', json: string): Promise<PromiseRecord> {
     await this.ready();
-    const [row] = await this.call(() => verb === 'resolve'
+    const [row] = await callProcedure(() => verb === 'resolve'
       ? this.sql<PromiseRecord[]>`select * from durably.resolve(${id}, ${json}::text::jsonb)`
       : this.sql<PromiseRecord[]>`select * from durably.reject(${id}, ${json}::text::jsonb)`);
     return row;
@@ -238,7 +238,7 @@ export class Durably {
     const stored = invokeOptions(opts);
     const sql = opts.tx ?? this.sql;
     await this.ready();
-    await this.call(() => sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`,
+    await callProcedure(() => sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`,
       !opts.tx); // a caller's transaction cannot be retried from here
     return new DurableHandle<R>(id, this.settlements);
   }
@@ -254,12 +254,4 @@ export class Durably {
     return this.migrated;
   }
 
-  /** Runs an idempotent query, retried through broken connections; database errors become typed errors. */
-  private async call<T>(make: () => Promise<T>, retry = true): Promise<T> {
-    try {
-      return await (retry ? retryTransient(make) : make());
-    } catch (err) {
-      throw fromDatabase(err);
-    }
-  }
 }

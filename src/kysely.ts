@@ -13,7 +13,8 @@
  *   await db.selectFrom('durably.promise_list').selectAll().where('state', '=', 'pending').execute();
  */
 import { sql, type Kysely } from 'kysely';
-import { fromDatabase, InvalidArgumentError, type ErrorValue } from './errors.js';
+import { callProcedure } from './db.js';
+import { InvalidArgumentError, type ErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { invokeOptions, parseTarget, type CallOptions } from './options.js';
 import type { PromiseRecord, PromiseState } from './promises.js';
@@ -106,11 +107,8 @@ export async function invokeInKysely(
   const group = parseTarget(target);
   const argsJson = toJson(args, `the args of ${func}`);
   const optsJson = JSON.stringify(invokeOptions(opts));
-  try {
-    const { rows } = await sql<InvokeResult>`
-      select * from durably.invoke(${id}, ${func}, ${argsJson}::text::jsonb, ${group}, ${optsJson}::text::jsonb)`.execute(db);
-    return rows[0];
-  } catch (err) {
-    throw fromDatabase(err);
-  }
+  // not retried: db may be the caller's transaction
+  const { rows } = await callProcedure(() => sql<InvokeResult>`
+    select * from durably.invoke(${id}, ${func}, ${argsJson}::text::jsonb, ${group}, ${optsJson}::text::jsonb)`.execute(db), false);
+  return rows[0];
 }

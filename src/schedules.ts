@@ -1,6 +1,6 @@
 import { CronExpressionParser } from 'cron-parser';
-import { retryTransient, type Sql } from './db.js';
-import { InvalidArgumentError, NotFoundError, fromDatabase } from './errors.js';
+import { callProcedure, type Sql } from './db.js';
+import { InvalidArgumentError, NotFoundError } from './errors.js';
 import { toJson } from './json.js';
 import { parseTarget, type CallOptions } from './options.js';
 
@@ -57,7 +57,7 @@ export class Schedules {
     const sql = opts.tx ?? this.sql;
     const create = () => sql`
       select id from durably.create_schedule(${id}, ${cron}, ${func}, ${JSON.stringify(stored)}::text::jsonb, ${opts.replace ?? false})`;
-    await this.call(create, !opts.tx);
+    await callProcedure(create, !opts.tx);
     return new ScheduleHandle(id, this);
   }
 
@@ -79,36 +79,29 @@ export class Schedules {
 
   async delete(id: string): Promise<boolean> {
     await this.ready();
-    const [{ deleted }] = await this.call(() => this.sql`select durably.delete_schedule(${id}) as deleted`);
+    const [{ deleted }] = await callProcedure(() => this.sql`select durably.delete_schedule(${id}) as deleted`);
     return deleted as boolean;
   }
 
   async pause(id: string): Promise<ScheduleRecord> {
     await this.ready();
-    const [row] = await this.call(() => this.sql<ScheduleRecord[]>`select * from durably.pause_schedule(${id})`);
+    const [row] = await callProcedure(() => this.sql<ScheduleRecord[]>`select * from durably.pause_schedule(${id})`);
     return row;
   }
 
   async resume(id: string): Promise<ScheduleRecord> {
     await this.ready();
-    const [row] = await this.call(() => this.sql<ScheduleRecord[]>`select * from durably.resume_schedule(${id})`);
+    const [row] = await callProcedure(() => this.sql<ScheduleRecord[]>`select * from durably.resume_schedule(${id})`);
     return row;
   }
 
   async next(id: string, n: number): Promise<Date[]> {
     if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError(`invalid count ${n}: 1 to 1000`);
     await this.ready();
-    const rows = await this.call(() => this.sql<{ t: Date }[]>`select t from durably.schedule_preview(${id}, ${n}) as t`);
+    const rows = await callProcedure(() => this.sql<{ t: Date }[]>`select t from durably.schedule_preview(${id}, ${n}) as t`);
     return rows.map((r) => r.t);
   }
 
-  private async call<T>(make: () => Promise<T>, retry = true): Promise<T> {
-    try {
-      return await (retry ? retryTransient(make) : make());
-    } catch (err) {
-      throw fromDatabase(err);
-    }
-  }
 }
 
 /** Validates a schedule before anything is written (the SQL checks again). */

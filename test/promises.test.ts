@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { testDatabase } from './helpers/db.js';
+import { textArray } from '../src/db.js';
 import { waitFor } from './helpers/wait.js';
 
 const db = await testDatabase();
@@ -507,7 +508,7 @@ function describe(nodes: Row[]): string {
   return nodes.map((n) => `${n['Node Type']}${n['Relation Name'] ? ` on ${n['Relation Name']}` : ''}${n['Index Name'] ? ` using ${n['Index Name']}` : ''}`).join(' / ');
 }
 
-test('EXPLAIN: claims use tasks_claim and settlements the primary keys, with 100k promises and 10k tasks', async () => {
+test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 100k promises and 10k tasks', async () => {
   await sql`
     insert into durably.promises (id, state, kind, func, args, value, timeout_at, root_id, settled_at)
     select 'bulk-' || i, 'resolved', 'invoke', 'f', '[]', to_jsonb(i), now() + interval '1 day', 'bulk-' || i, now()
@@ -516,8 +517,9 @@ test('EXPLAIN: claims use tasks_claim and settlements the primary keys, with 100
     insert into durably.promises (id, func, args, timeout_at, root_id)
     select 'bulkp-' || i, 'f', '[]', now() + interval '1 day', 'bulkp-' || i from generate_series(1, 10000) i`;
   await sql`
-    insert into durably.tasks (promise_id, group_name, available_at)
-    select 'bulkp-' || i, 'bulk-' || (i % 4), now() + (i % 3 - 1) * interval '1 hour' from generate_series(1, 10000) i`;
+    insert into durably.tasks (promise_seq, promise_id, group_name, available_at)
+    select p.seq, p.id, 'bulk-' || (p.seq % 4), now() + (p.seq % 3 - 1) * interval '1 hour'
+      from durably.promises p where p.id like 'bulkp-%'`;
   await sql`analyze durably.promises`;
   await sql`analyze durably.tasks`;
 
@@ -545,17 +547,29 @@ test('EXPLAIN: claims use tasks_claim and settlements the primary keys, with 100
     assert.ok(!plan.some((n) => n['Node Type'] === 'Seq Scan' && n['Relation Name'] === 'promises'),
       `no Seq Scan on promises: ${describe(plan)}`);
   }
-  const dropPlan = await explain(`delete from durably.tasks t where t.promise_id = any($1::text[])`, [ids]);
+  const dropPlan = await explain(`delete from durably.tasks t where t.promise_seq = any($1::bigint[])`, [[1, 2, 3]]);
   assert.ok(dropPlan.some((n) => n['Index Name'] === 'tasks_pkey'), `task drop uses tasks_pkey: ${describe(dropPlan)}`);
   assert.ok(!dropPlan.some((n) => n['Node Type'] === 'Seq Scan'), `no Seq Scan: ${describe(dropPlan)}`);
-  // The whole claim procedure, as a worker calls it: the scans it makes in
-  // its transaction are counted there (pg_stat_xact_user_tables).
+  // The whole procedures, as workers and clients call them, with the generic
+  // plans PL/pgSQL switches to after five calls: the scans they make in their
+  // transaction are counted there (pg_stat_xact_user_tables).
   const scans = await sql.begin(async (tx) => {
-    const claimed = await tx`select id from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 50, 30000)`;
-    assert.equal(claimed.length, 50);
+    await tx`set local plan_cache_mode = force_generic_plan`;
+    for (let i = 0; i < 7; i++) {
+      const claimed = await tx`select id from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 7, 30000)`;
+      assert.equal(claimed.length, 7);
+      await tx`select durably.settle_many(${textArray(claimed.map((c) => c.id))}::text[],
+        ${textArray(claimed.map(() => 'resolved'))}::text[], ${textArray(claimed.map(() => 'null'))}::text[]::jsonb[])`;
+      const ids = Array.from({ length: 100 }, (_, j) => `scan-${i}-${j}`).concat(['bulkp-1']);
+      const created = await tx`select created from durably.invoke_many(${textArray(ids)}::text[],
+        ${textArray(ids.map(() => 'f'))}::text[], ${textArray(ids.map(() => '[]'))}::text[]::jsonb[], 'bulk-9')`;
+      assert.deepEqual([created.length, created.filter((c) => c.created).length], [101, 100]);
+    }
     return tx<{ relname: string; seq_scan: number }[]>`
       select relname, seq_scan::int from pg_stat_xact_user_tables
        where schemaname = 'durably' and relname in ('tasks', 'promises')`;
   });
-  for (const { relname, seq_scan } of scans) assert.equal(seq_scan, 0, `claim_tasks made a sequential scan of ${relname}`);
+  for (const { relname, seq_scan } of scans) {
+    assert.equal(seq_scan, 0, `claim_tasks, settle_many or invoke_many made a sequential scan of ${relname}`);
+  }
 });

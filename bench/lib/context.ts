@@ -3,7 +3,6 @@ import type { BenchDatabases } from './db.js';
 export interface BenchOptions {
   reps: number;
   quick: boolean;
-  big: boolean;
   workerProcess: boolean;
   /** Throughput: invocations enqueued then drained. */
   throughputN: number;

@@ -19,6 +19,34 @@ alter table durably.tasks alter column promise_seq set not null;
 alter table durably.tasks drop constraint tasks_pkey;
 alter table durably.tasks add constraint tasks_pkey primary key (promise_seq);
 
+-- Settlements are HOT updates, and workers find promises by sequence number.
+-- A settlement used to rewrite every index of the promise: state was in the
+-- predicate of promises_pending_timeout and settled_at was the key of
+-- promises_settled_roots, so the update could not be HOT, and it inserted
+-- into the text primary key, a different cold page for nearly every promise
+-- of a large backlog. Now no index of promises covers a column a settlement
+-- changes, the pages keep room for the settled version (fillfactor 50: a
+-- promise is written twice), and the worker passes the sequence numbers that
+-- claim_tasks returned. The worker's hot path never reads the text key.
+--   * Deadlines of pending promises live in durably.deadlines (inserted with
+--     the promise, deleted when it settles); expire_promises reads them.
+--   * Retention finds old roots by created_at (prune_promises checks
+--     settled_at on the row).
+
+create table durably.deadlines (
+  promise_seq bigint primary key,
+  timeout_at  timestamptz not null
+);
+create index deadlines_due on durably.deadlines (timeout_at);
+insert into durably.deadlines (promise_seq, timeout_at)
+select p.seq, p.timeout_at from durably.promises p where p.state = 'pending';
+
+drop index durably.promises_pending_timeout;
+drop index durably.promises_settled_roots;
+create index promises_roots on durably.promises (created_at) where parent_id is null;
+-- New pages only; existing ones keep their fill until rewritten.
+alter table durably.promises set (fillfactor = 50);
+
 -- invoke_many: the rows it returns are found by key, never by scanning.
 -- The previous version returned `p.id = any(v_created)` for every row, which
 -- is quadratic in the chunk size, and once PL/pgSQL switched to a generic plan
@@ -70,6 +98,9 @@ begin
   ), tasks as (
     insert into durably.tasks (promise_seq, promise_id, group_name, available_at, retry)
     select ins.seq, ins.id, p_group, v_available, p_opts->'retry' from ins
+  ), deadlines as (
+    insert into durably.deadlines (promise_seq, timeout_at)
+    select ins.seq, v_timeout_at from ins
   )
   select coalesce(array_agg(ins.id), '{}') into v_created from ins;
 
@@ -88,9 +119,80 @@ begin
    where p.id in (select unnest(p_ids) except select unnest(v_created));
 end $$;
 
--- settle_many: tasks are found by the sequence numbers of the promises
--- settled here (a settled promise has no task: every settlement passes here).
-create or replace function durably.settle_many(p_ids text[], p_states text[], p_values jsonb[])
+-- create_promise: a pending promise gets its deadline row.
+create or replace function durably.create_promise(
+  p_id text, p_kind text, p_timeout_at timestamptz,
+  p_state text default 'pending', p_value jsonb default null,
+  p_parent_id text default null, p_func text default null, p_tags jsonb default '{}',
+  p_timeout_ms bigint default null
+) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz,
+                 created boolean, db_now timestamptz)
+language plpgsql as $$
+declare
+  v_root text;
+begin
+  perform durably.check_ids(array[p_id]);
+  if p_timeout_at is null and p_timeout_ms is null then
+    raise exception using errcode = 'DU002', message = 'a promise needs p_timeout_at or p_timeout_ms';
+  end if;
+  if p_kind not in ('step', 'sleep', 'external') then
+    raise exception using errcode = 'DU002', message = format('invalid promise kind %L: step, sleep or external', p_kind);
+  end if;
+  if p_parent_id is not null then
+    select p.root_id into v_root from durably.promises p where p.id = p_parent_id;
+  end if;
+
+  return query
+  with ins as (
+    insert into durably.promises as p (id, kind, func, state, value, timeout_at, tags, parent_id, root_id, settled_at)
+    values (p_id, p_kind, p_func, p_state, p_value,
+            coalesce(p_timeout_at, now() + p_timeout_ms * interval '1 millisecond'), coalesce(p_tags, '{}'), p_parent_id,
+            coalesce(v_root, p_id), case when p_state <> 'pending' then now() end)
+    on conflict on constraint promises_pkey do nothing
+    returning p.id, p.kind, p.func, p.state, p.value, p.timeout_at, p.seq
+  ), deadline as (
+    insert into durably.deadlines (promise_seq, timeout_at)
+    select ins.seq, ins.timeout_at from ins where ins.state = 'pending'
+  )
+  select ins.id, ins.kind, ins.func, ins.state, ins.value, ins.timeout_at, true, now() from ins;
+  if not found then
+    return query
+    select p.id, p.kind, p.func, p.state, p.value, p.timeout_at, false, now()
+      from durably.promises p where p.id = p_id;
+  end if;
+end $$;
+
+-- expire_promises: due deadlines, oldest first.
+create or replace function durably.expire_promises(p_limit integer default 1000)
+returns integer
+language plpgsql as $$
+declare
+  v_ids text[];
+  v_states text[];
+  v_values jsonb[];
+begin
+  select coalesce(array_agg(d.id order by d.id), '{}'),
+         coalesce(array_agg(case d.kind when 'sleep' then 'resolved' else 'rejected_timedout' end order by d.id), '{}'),
+         coalesce(array_agg(case d.kind when 'sleep' then null
+                              else jsonb_build_object('name', 'TimeoutError',
+                                     'message', format('promise %s timed out at %s', d.id, d.timeout_at)) end
+                            order by d.id), '{}')
+    into v_ids, v_states, v_values
+    from (select p.id, p.kind, p.timeout_at
+            from durably.deadlines dl join durably.promises p on p.seq = dl.promise_seq
+           where dl.timeout_at <= now() and p.state = 'pending'
+           order by dl.timeout_at limit p_limit
+             for update of p skip locked) d;
+  perform durably.settle_many(v_ids, v_states, v_values);
+  return cardinality(v_ids);
+end $$;
+
+-- settle_many: workers pass the sequence numbers claim_tasks returned
+-- (p_seqs), so the rows are found without the text key; others pass ids
+-- only. Tasks and deadlines go with the promises settled here (a settled
+-- promise has neither: every settlement passes here).
+drop function durably.settle_many(text[], text[], jsonb[]);
+create function durably.settle_many(p_ids text[], p_states text[], p_values jsonb[], p_seqs bigint[] default null)
 returns table (id text)
 language plpgsql as $$
 declare
@@ -104,14 +206,24 @@ begin
               where s is null or s not in ('resolved', 'rejected', 'rejected_canceled', 'rejected_timedout')) then
     raise exception using errcode = 'DU002', message = 'a settled state is resolved, rejected, rejected_canceled or rejected_timedout';
   end if;
+  if p_seqs is not null and cardinality(p_seqs) <> coalesce(cardinality(p_ids), 0) then
+    raise exception using errcode = 'DU002', message = 'ids and sequence numbers must have the same length';
+  end if;
+
+  -- Callers other than workers pass ids only: their sequence numbers are
+  -- looked up first (null for unknown ids), in the order of p_ids.
+  v_seqs := coalesce(p_seqs, array(
+    select p.seq from unnest(p_ids) with ordinality as u(id, n)
+      left join durably.promises p on p.id = u.id
+     order by u.n));
 
   with input as (
-    select u.id, u.state, u.value from unnest(p_ids, p_states, p_values) as u(id, state, value)
+    select u.id, u.state, u.value, u.seq from unnest(p_ids, p_states, p_values, v_seqs) as u(id, state, value, seq)
   ), settled as (
     update durably.promises p
        set state = i.state, value = i.value, settled_at = now()
       from input i
-     where p.id = i.id and p.state = 'pending'
+     where p.seq = i.seq and p.id = i.id and p.state = 'pending'
     returning p.id, p.seq
   )
   select coalesce(array_agg(settled.id), '{}'), coalesce(array_agg(settled.seq), '{}')
@@ -122,6 +234,7 @@ begin
   end if;
 
   delete from durably.tasks t where t.promise_seq = any(v_seqs);
+  delete from durably.deadlines d where d.promise_seq = any(v_seqs);
 
   -- Wake the tasks suspended on what settled here. Found by key, in steps:
   -- one statement joining callbacks, promises and tasks is planned as a scan
@@ -148,10 +261,12 @@ begin
   return query select unnest(v_settled);
 end $$;
 
--- claim_tasks: picks, rewrites and joins by sequence number.
-create or replace function durably.claim_tasks(p_worker uuid, p_group text, p_limit integer, p_lease_ms integer)
+-- claim_tasks: picks, rewrites and joins by sequence number, and returns it
+-- for the settlement.
+drop function durably.claim_tasks(uuid, text, integer, integer);
+create function durably.claim_tasks(p_worker uuid, p_group text, p_limit integer, p_lease_ms integer)
 returns table (id text, func text, args jsonb, state text, timeout_at timestamptz, root_id text,
-               attempt integer, retry jsonb, history jsonb)
+               attempt integer, retry jsonb, history jsonb, seq bigint)
 language plpgsql as $$
 declare
   v_seqs bigint[];
@@ -181,11 +296,13 @@ begin
                      'id', h.id, 'kind', h.kind, 'func', h.func, 'state', h.state,
                      'value', h.value, 'timeout_at', h.timeout_at)), '[]')
               from durably.promises h where h.parent_id = p.id)
-         end
+         end,
+         p.seq
     from claimed c join durably.promises p on p.seq = c.promise_seq
    where p.seq = any(v_seqs);
 end $$;
 
+-- prune_promises: old roots by created_at (an index settlements do not touch).
 create or replace function durably.prune_promises(p_older_than interval default '7 days', p_limit integer default 1000)
 returns integer
 language plpgsql as $$
@@ -196,8 +313,9 @@ declare
 begin
   select coalesce(array_agg(r.id), '{}') into v_roots
     from (select p.id from durably.promises p
-           where p.parent_id is null and p.settled_at < now() - p_older_than
-           order by p.settled_at
+           where p.parent_id is null and p.created_at < now() - p_older_than
+             and p.settled_at < now() - p_older_than
+           order by p.created_at
            limit p_limit
              for update skip locked) r;
   if cardinality(v_roots) = 0 then
@@ -210,6 +328,7 @@ begin
   )
   select array_agg(tree.id), array_agg(tree.seq) into v_tree, v_seqs from tree;
   delete from durably.tasks t where t.promise_seq = any(v_seqs);
+  delete from durably.deadlines d where d.promise_seq = any(v_seqs);
   delete from durably.callbacks c where c.task_id = any(v_tree) or c.promise_id = any(v_tree);
   delete from durably.promises p where p.id = any(v_tree);
   return cardinality(v_tree);

@@ -39,9 +39,11 @@ interface ClaimedTask {
   attempt: number;
   retry: RetryPolicy | null;
   history: ChildRecord[] | null;
+  /** The promise's sequence number: settlements find the row by it. */
+  seq: number;
 }
 
-type Settlement = { id: string; state: string; value: string | null };
+type Settlement = { id: string; seq: number; state: string; value: string | null };
 
 /** How often a worker deletes settled invocations past their retention. */
 const PRUNE_EVERY_MS = 60_000;
@@ -214,11 +216,11 @@ export class Worker {
     const registered = this.functions.get(task.func);
     if (task.state !== 'pending') {
       // Settled while queued (canceled, timed out): only the task is left to drop.
-      return this.settle(task.id, 'rejected', null);
+      return this.settle(task, 'rejected', null);
     }
     if (!registered) {
       const known = [...this.functions.keys()].join(', ') || 'none';
-      return this.settle(task.id, 'rejected', toErrorValue(new UnknownFunctionError(
+      return this.settle(task, 'rejected', toErrorValue(new UnknownFunctionError(
         `function ${JSON.stringify(task.func)} is not registered on worker ${this.id} of group ` +
         `${JSON.stringify(this.config.group)} (registered: ${known})`), task.attempt));
     }
@@ -244,9 +246,9 @@ export class Worker {
           try {
             json = toJson(outcome.value ?? null, `the result of ${task.func}`);
           } catch (err) {
-            return this.settle(task.id, 'rejected', toErrorValue(err, task.attempt));
+            return this.settle(task, 'rejected', toErrorValue(err, task.attempt));
           }
-          return this.settle(task.id, 'resolved', json);
+          return this.settle(task, 'resolved', json);
         }
         case 'rejected':
           if (exec.controller.signal.aborted) return this.aborted(task, exec.controller.signal.reason);
@@ -258,9 +260,9 @@ export class Worker {
   }
 
   private aborted(task: ClaimedTask, reason: unknown): Promise<void> | void {
-    if (reason instanceof NonDeterminismError) return this.settle(task.id, 'rejected', toErrorValue(reason, task.attempt));
+    if (reason instanceof NonDeterminismError) return this.settle(task, 'rejected', toErrorValue(reason, task.attempt));
     if (reason instanceof DurablyError && reason.code === 'TIMED_OUT') {
-      return this.settle(task.id, 'rejected_timedout', toErrorValue(reason, task.attempt));
+      return this.settle(task, 'rejected_timedout', toErrorValue(reason, task.attempt));
     }
     // Canceled or settled elsewhere, lost lease, or stopping: nothing to write.
     this.held.delete(task.id);
@@ -272,7 +274,7 @@ export class Worker {
     // replay: retrying the function cannot change it.
     const replayable = error instanceof PromiseRejectedError && error.promiseId.startsWith(`${task.id}.`);
     const wait = replayable ? null : retryDelay(task.retry ?? registered.retry ?? DEFAULT_RETRY, task.attempt);
-    if (wait === null) return this.settle(task.id, 'rejected', value);
+    if (wait === null) return this.settle(task, 'rejected', value);
     await this.retrying('retry task', () =>
       this.sql`select durably.retry_task(${this.id}, ${task.id}, ${wait}, ${JSON.stringify(value)}::text::jsonb)`, 10);
     this.held.delete(task.id);
@@ -283,8 +285,9 @@ export class Worker {
    * Queues a settlement. The slot is free at once; the lease stays renewed
    * until the settlement is written, together with the others of this turn.
    */
-  private settle(id: string, state: string, value: unknown): void {
-    this.settlements.push({ id, state, value: value === null ? null : typeof value === 'string' ? value : JSON.stringify(value) });
+  private settle(task: ClaimedTask, state: string, value: unknown): void {
+    this.settlements.push({ id: task.id, seq: task.seq, state,
+      value: value === null ? null : typeof value === 'string' ? value : JSON.stringify(value) });
     if (this.flushScheduled || this.flushing) return;
     this.flushScheduled = true;
     setImmediate(() => {
@@ -300,7 +303,7 @@ export class Worker {
           const batch = this.settlements.splice(0);
           await this.retrying('complete tasks', () => this.sql`
             select durably.settle_many(${textArray(batch.map((s) => s.id))}::text[], ${textArray(batch.map((s) => s.state))}::text[],
-              ${textArray(batch.map((s) => s.value))}::text[]::jsonb[])`, 20);
+              ${textArray(batch.map((s) => s.value))}::text[]::jsonb[], ${textArray(batch.map((s) => String(s.seq)))}::text[]::bigint[])`, 20);
           for (const s of batch) this.held.delete(s.id);
         }
       } finally {

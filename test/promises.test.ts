@@ -556,20 +556,24 @@ test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 
   const scans = await sql.begin(async (tx) => {
     await tx`set local plan_cache_mode = force_generic_plan`;
     for (let i = 0; i < 7; i++) {
-      const claimed = await tx`select id from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 7, 30000)`;
+      const claimed = await tx`select id, seq from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 7, 30000)`;
       assert.equal(claimed.length, 7);
-      await tx`select durably.settle_many(${textArray(claimed.map((c) => c.id))}::text[],
-        ${textArray(claimed.map(() => 'resolved'))}::text[], ${textArray(claimed.map(() => 'null'))}::text[]::jsonb[])`;
+      // by sequence number as workers settle, and by id as clients do
+      const settled = await tx`select durably.settle_many(${textArray(claimed.map((c) => c.id))}::text[],
+        ${textArray(claimed.map(() => 'resolved'))}::text[], ${textArray(claimed.map(() => 'null'))}::text[]::jsonb[],
+        ${i % 2 ? null : textArray(claimed.map((c) => String(c.seq)))}::text[]::bigint[])`;
+      assert.equal(settled.length, 7);
       const ids = Array.from({ length: 100 }, (_, j) => `scan-${i}-${j}`).concat(['bulkp-1']);
       const created = await tx`select created from durably.invoke_many(${textArray(ids)}::text[],
         ${textArray(ids.map(() => 'f'))}::text[], ${textArray(ids.map(() => '[]'))}::text[]::jsonb[], 'bulk-9')`;
       assert.deepEqual([created.length, created.filter((c) => c.created).length], [101, 100]);
+      await tx`select durably.expire_promises()`;
     }
     return tx<{ relname: string; seq_scan: number }[]>`
       select relname, seq_scan::int from pg_stat_xact_user_tables
-       where schemaname = 'durably' and relname in ('tasks', 'promises')`;
+       where schemaname = 'durably' and relname in ('tasks', 'promises', 'deadlines')`;
   });
   for (const { relname, seq_scan } of scans) {
-    assert.equal(seq_scan, 0, `claim_tasks, settle_many or invoke_many made a sequential scan of ${relname}`);
+    assert.equal(seq_scan, 0, `claim_tasks, settle_many, invoke_many or expire_promises made a sequential scan of ${relname}`);
   }
 });

@@ -24,7 +24,7 @@ test('prune_promises deletes old settled trees (steps, timers, children, tasks) 
   await sql`select * from durably.invoke('recent', 'f', '[]', 'g')`;
   await sql`select * from durably.resolve('recent', '1')`;
   await sql`select * from durably.invoke('waiting', 'f', '[]', 'g')`;
-  await sql`update durably.promises set settled_at = now() - interval '8 days' where id = 'old'`;
+  await sql`update durably.promises set created_at = now() - interval '9 days', settled_at = now() - interval '8 days' where id = 'old'`;
   await sql`update durably.promises set created_at = now() - interval '30 days' where id = 'waiting'`;
 
   const [{ prune_promises: removed }] = await sql`select durably.prune_promises(${7 * 86_400_000} * interval '1 millisecond')`;
@@ -32,6 +32,8 @@ test('prune_promises deletes old settled trees (steps, timers, children, tasks) 
   assert.deepEqual(await ids(), ['recent', 'waiting']);
   const tasks = (await sql<{ promise_id: string }[]>`select promise_id from durably.tasks order by 1`).map((r) => r.promise_id);
   assert.deepEqual(tasks, ['waiting'], "the old child's task went with it; the pending invocation keeps its own");
+  const deadlines = await sql`select p.id from durably.deadlines d join durably.promises p on p.seq = d.promise_seq`;
+  assert.deepEqual(deadlines.map((r) => r.id), ['waiting'], 'the pending timer and child of the old tree took their deadlines along');
 
   const [{ prune_promises: none }] = await sql`select durably.prune_promises('7 days')`;
   assert.equal(none, 0);

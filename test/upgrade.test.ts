@@ -13,7 +13,7 @@ import type { Sql } from '../src/db.js';
 
 const { admin, url: someUrl } = await testDatabase();
 
-test('0006 (tasks keyed by promise sequence): ready, claimed and suspended tasks survive the upgrade and still run', async (t) => {
+test('0006 (sequence keys, deadlines): ready, claimed and suspended tasks survive the upgrade and still run', async (t) => {
   const name = `durably_t_up_${randomBytes(4).toString('hex')}`;
   await admin.unsafe(`create database ${name} template template0`);
   const sql = postgres(databaseUrl(someUrl, name), { max: 2, onnotice: () => {} }) as unknown as Sql;
@@ -50,6 +50,10 @@ test('0006 (tasks keyed by promise sequence): ready, claimed and suspended tasks
     ['up-awaited', 'claimed', true], ['up-claimed', 'claimed', true],
     ['up-ready', 'claimed', true], ['up-suspended', 'suspended', true]]);
 
+  const deadlines = await sql`select p.id from durably.deadlines d join durably.promises p on p.seq = d.promise_seq order by 1`;
+  assert.deepEqual(deadlines.map((r) => r.id), ['up-awaited', 'up-claimed', 'up-ready', 'up-suspended'],
+    'every pending promise has its deadline');
+
   // Settling the awaited promise wakes the suspended task; the rest settle too.
   await sql`select durably.settle_many(array['up-awaited', 'up-claimed', 'up-ready'],
               array['resolved', 'resolved', 'resolved'], array['1', '2', '3']::jsonb[])`;
@@ -57,6 +61,7 @@ test('0006 (tasks keyed by promise sequence): ready, claimed and suspended tasks
   assert.deepEqual(woke.map((r) => r.id), ['up-suspended']);
   await sql`select durably.resolve('up-suspended', '4')`;
   assert.equal((await sql`select count(*)::int as n from durably.tasks`)[0].n, 0);
+  assert.equal((await sql`select count(*)::int as n from durably.deadlines`)[0].n, 0);
   assert.deepEqual((await sql`select id, state from durably.promise_list order by id`).map((r) => [r.id, r.state]), [
     ['up-awaited', 'resolved'], ['up-claimed', 'resolved'], ['up-ready', 'resolved'], ['up-suspended', 'resolved']]);
 });

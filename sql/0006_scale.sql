@@ -302,6 +302,35 @@ begin
    where p.seq = any(v_seqs);
 end $$;
 
+-- heartbeat: renews only the leases the worker knows it holds. A claim whose
+-- reply was lost (the connection dropped after the commit) leaves tasks
+-- claimed by this worker that it never received; renewing every task of the
+-- worker would keep them claimed, and never run, for as long as the worker
+-- lives. Not renewed, their leases expire and another claim runs them.
+create or replace function durably.heartbeat(p_worker uuid, p_lease_ms integer, p_held text[])
+returns table (id text, state text)
+language plpgsql as $$
+declare
+  v_renewed text[];
+begin
+  update durably.workers w set heartbeat_at = now() where w.id = p_worker;
+  with renewed as (
+    update durably.tasks t
+       set available_at = now() + p_lease_ms * interval '1 millisecond'
+     where t.worker_id = p_worker and t.state = 'claimed' and t.promise_id = any(p_held)
+    returning t.promise_id
+  )
+  select coalesce(array_agg(r.promise_id), '{}') into v_renewed from renewed r;
+  -- A statement of its own, so a fresh snapshot: when the update above waited
+  -- for a settlement (cancel, expiry) that deleted a task, the state read here
+  -- is the settled one, not the 'pending' of the update's snapshot.
+  return query
+  select h.id, p.state
+    from unnest(p_held) as h(id)
+    left join durably.promises p on p.id = h.id
+   where h.id <> all (v_renewed);
+end $$;
+
 -- prune_promises: old roots by created_at (an index settlements do not touch).
 create or replace function durably.prune_promises(p_older_than interval default '7 days', p_limit integer default 1000)
 returns integer

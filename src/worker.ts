@@ -50,7 +50,7 @@ const PRUNE_EVERY_MS = 60_000;
 
 /**
  * Claims tasks of one group in batches, runs them, completes them in batches
- * and renews all its leases with one heartbeat. Woken by NOTIFY on
+ * and renews the leases it holds with one heartbeat. Woken by NOTIFY on
  * durably_tasks; the poll interval is the fallback and also expires promises
  * past their timeout.
  */

@@ -263,7 +263,7 @@ test('claim leases a task; after the lease expires another worker re-claims it w
   assert.equal((await task(id))?.worker_id, w2, 'the old holder\'s heartbeat does not take it back');
 });
 
-test('heartbeat renews every lease of the worker and reports what it no longer holds', async () => {
+test('heartbeat renews the leases the worker knows it holds (not those of a lost claim reply) and reports what it no longer holds', async () => {
   const group = uid('g');
   const w1 = randomUUID();
   const w2 = randomUUID();
@@ -297,6 +297,14 @@ test('heartbeat renews every lease of the worker and reports what it no longer h
   const lost = await sql<Row[]>`select * from durably.heartbeat(${w1}::uuid, 60000, ${[c]}::text[])`;
   assert.deepEqual(lost.map((r) => [r.id, r.state]), [[c, 'pending']]);
   assert.equal((await task(c))?.worker_id, w2);
+
+  // A claim whose reply was lost: w1 holds d without knowing it. Its
+  // heartbeats do not renew d, so the lease runs out and w2 runs it.
+  const d = uid('hb-d');
+  await invoke(d, group);
+  assert.equal((await claim(w1, group, 10, 300)).length, 1);
+  await sql`select * from durably.heartbeat(${w1}::uuid, 60000, '{}'::text[])`;
+  await waitFor(async () => (await claim(w2, group)).length === 1, { timeoutMs: 5000, what: 'w2 to claim the orphaned task' });
 });
 
 test('release_tasks makes the worker\'s tasks claimable at once and notifies the group', async () => {
@@ -558,11 +566,13 @@ test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 
     for (let i = 0; i < 7; i++) {
       const claimed = await tx`select id, seq from durably.claim_tasks('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 7, 30000)`;
       assert.equal(claimed.length, 7);
+      const [retried, ...done] = claimed;
+      assert.equal((await tx`select durably.retry_task('00000000-0000-0000-0000-0000000000aa', ${retried.id}, 0, '{}') as ok`)[0].ok, true);
       // by sequence number as workers settle, and by id as clients do
-      const settled = await tx`select durably.settle_many(${textArray(claimed.map((c) => c.id))}::text[],
-        ${textArray(claimed.map(() => 'resolved'))}::text[], ${textArray(claimed.map(() => 'null'))}::text[]::jsonb[],
-        ${i % 2 ? null : textArray(claimed.map((c) => String(c.seq)))}::text[]::bigint[])`;
-      assert.equal(settled.length, 7);
+      const settled = await tx`select durably.settle_many(${textArray(done.map((c) => c.id))}::text[],
+        ${textArray(done.map(() => 'resolved'))}::text[], ${textArray(done.map(() => 'null'))}::text[]::jsonb[],
+        ${i % 2 ? null : textArray(done.map((c) => String(c.seq)))}::text[]::bigint[])`;
+      assert.equal(settled.length, 6);
       const ids = Array.from({ length: 100 }, (_, j) => `scan-${i}-${j}`).concat(['bulkp-1']);
       const created = await tx`select created from durably.invoke_many(${textArray(ids)}::text[],
         ${textArray(ids.map(() => 'f'))}::text[], ${textArray(ids.map(() => '[]'))}::text[]::jsonb[], 'bulk-9')`;
@@ -574,6 +584,6 @@ test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 
        where schemaname = 'durably' and relname in ('tasks', 'promises', 'deadlines')`;
   });
   for (const { relname, seq_scan } of scans) {
-    assert.equal(seq_scan, 0, `claim_tasks, settle_many, invoke_many or expire_promises made a sequential scan of ${relname}`);
+    assert.equal(seq_scan, 0, `claim_tasks, retry_task, settle_many, invoke_many or expire_promises made a sequential scan of ${relname}`);
   }
 });

@@ -302,6 +302,20 @@ begin
    where p.seq = any(v_seqs);
 end $$;
 
+-- A busy worker's turn in one transaction: writes the outcomes of the
+-- executions that finished and claims the next tasks. One commit instead of
+-- two; settle_many and claim_tasks as they are.
+create function durably.settle_and_claim(
+  p_worker uuid, p_group text, p_limit integer, p_lease_ms integer,
+  p_ids text[], p_states text[], p_values jsonb[], p_seqs bigint[]
+) returns table (id text, func text, args jsonb, state text, timeout_at timestamptz, root_id text,
+                 attempt integer, retry jsonb, history jsonb, seq bigint)
+language plpgsql as $$
+begin
+  perform durably.settle_many(p_ids, p_states, p_values, p_seqs);
+  return query select * from durably.claim_tasks(p_worker, p_group, p_limit, p_lease_ms);
+end $$;
+
 -- heartbeat: renews only the leases the worker knows it holds. A claim whose
 -- reply was lost (the connection dropped after the commit) leaves tasks
 -- claimed by this worker that it never received; renewing every task of the

@@ -45,6 +45,16 @@ interface ClaimedTask {
 
 type Settlement = { id: string; seq: number; state: string; value: string | null };
 
+/** The arguments of durably.settle_many, as text array literals. */
+function settleArrays(batch: Settlement[]) {
+  return {
+    ids: textArray(batch.map((s) => s.id)),
+    states: textArray(batch.map((s) => s.state)),
+    values: textArray(batch.map((s) => s.value)),
+    seqs: textArray(batch.map((s) => String(s.seq))),
+  };
+}
+
 /** How often a worker deletes settled invocations past their retention. */
 const PRUNE_EVERY_MS = 60_000;
 
@@ -123,7 +133,8 @@ export class Worker {
   /**
    * Claims while the last claim came back full, keeping up to twice the
    * concurrency at hand (running or queued), so that a slot that frees up
-   * starts the next task without a round trip.
+   * starts the next task without a round trip. Settlements waiting to be
+   * written go along with the claim: one transaction, one commit.
    */
   private pump(): void {
     if (this.stopping) return;
@@ -135,8 +146,7 @@ export class Worker {
           for (;;) {
             const want = 2 * this.config.concurrency - this.running.size - this.queue.length;
             if (want <= 0 || this.stopping) { this.backlog = true; break; }
-            const tasks = await this.sql<ClaimedTask[]>`
-              select * from durably.claim_tasks(${this.id}, ${this.config.group}, ${want}, ${this.config.leaseMs})`;
+            const tasks = await this.claim(want);
             if (this.stopping) break;
             for (const task of tasks) this.enqueue(task);
             this.drain();
@@ -153,7 +163,29 @@ export class Worker {
       this.pumping = undefined;
       // a wake-up that came after the loop's last look
       if (this.pumpAgain) this.pump();
+      else if (this.settlements.length > 0) this.flushSoon();
     });
+  }
+
+  /** Claims up to `want` tasks, settling the waiting settlements in the same transaction. */
+  private async claim(want: number): Promise<ClaimedTask[]> {
+    const { group, leaseMs } = this.config;
+    const batch = this.settlements.splice(0);
+    if (batch.length === 0) {
+      return this.sql<ClaimedTask[]>`select * from durably.claim_tasks(${this.id}, ${group}, ${want}, ${leaseMs})`;
+    }
+    try {
+      const a = settleArrays(batch);
+      const tasks = await this.sql<ClaimedTask[]>`
+        select * from durably.settle_and_claim(${this.id}, ${group}, ${want}, ${leaseMs},
+          ${a.ids}::text[], ${a.states}::text[], ${a.values}::text[]::jsonb[], ${a.seqs}::text[]::bigint[])`;
+      for (const s of batch) this.held.delete(s.id);
+      return tasks;
+    } catch (err) {
+      // written by the next flush, which retries
+      this.settlements.unshift(...batch);
+      throw err;
+    }
   }
 
   /** Pumps once the executions finishing in this turn have freed their slots: fewer, larger claims. */
@@ -288,6 +320,12 @@ export class Worker {
   private settle(task: ClaimedTask, state: string, value: unknown): void {
     this.settlements.push({ id: task.id, seq: task.seq, state,
       value: value === null ? null : typeof value === 'string' ? value : JSON.stringify(value) });
+    // With a backlog the next claim is near and carries the settlement.
+    if (this.backlog && !this.stopping) this.pumpSoon();
+    else this.flushSoon();
+  }
+
+  private flushSoon(): void {
     if (this.flushScheduled || this.flushing) return;
     this.flushScheduled = true;
     setImmediate(() => {
@@ -301,9 +339,9 @@ export class Worker {
       try {
         while (this.settlements.length > 0) {
           const batch = this.settlements.splice(0);
+          const a = settleArrays(batch);
           await this.retrying('complete tasks', () => this.sql`
-            select durably.settle_many(${textArray(batch.map((s) => s.id))}::text[], ${textArray(batch.map((s) => s.state))}::text[],
-              ${textArray(batch.map((s) => s.value))}::text[]::jsonb[], ${textArray(batch.map((s) => String(s.seq)))}::text[]::bigint[])`, 20);
+            select durably.settle_many(${a.ids}::text[], ${a.states}::text[], ${a.values}::text[]::jsonb[], ${a.seqs}::text[]::bigint[])`, 20);
           for (const s of batch) this.held.delete(s.id);
         }
       } finally {

@@ -307,6 +307,28 @@ test('heartbeat renews the leases the worker knows it holds (not those of a lost
   await waitFor(async () => (await claim(w2, group)).length === 1, { timeoutMs: 5000, what: 'w2 to claim the orphaned task' });
 });
 
+test('settle_and_claim writes outcomes and claims the next tasks in one transaction; bad input does neither', async () => {
+  const group = uid('g');
+  const w = randomUUID();
+  await registerWorker(w, group);
+  const [a, b, c] = [uid('sc-a'), uid('sc-b'), uid('sc-c')];
+  for (const id of [a, b, c]) await invoke(id, group);
+  const [first] = await claim(w, group, 1);
+  assert.equal(first.id, a);
+
+  await assert.rejects(sql`select * from durably.settle_and_claim(${w}::uuid, ${group}, 5, 60000,
+      ${[a]}::text[], ${['bogus']}::text[], ${['1']}::text[]::jsonb[], ${[first.seq]}::bigint[])`, { code: 'DU002' });
+  assert.equal((await promise(a))?.state, 'pending');
+  assert.deepEqual([(await task(b))?.state, (await task(c))?.state], ['ready', 'ready'], 'nothing claimed');
+
+  const next = await sql<Row[]>`select * from durably.settle_and_claim(${w}::uuid, ${group}, 5, 60000,
+      ${[a]}::text[], ${['resolved']}::text[], ${['1']}::text[]::jsonb[], ${[first.seq]}::bigint[])`;
+  assert.deepEqual(next.map((r) => r.id), [b, c]);
+  assert.equal((await promise(a))?.state, 'resolved');
+  assert.equal(await task(a), undefined);
+  assert.deepEqual([(await task(b))?.worker_id, (await task(c))?.worker_id], [w, w]);
+});
+
 test('release_tasks makes the worker\'s tasks claimable at once and notifies the group', async () => {
   const group = uid('g');
   const w1 = randomUUID();

@@ -170,7 +170,7 @@ test('public functions run as their owner with a fixed search_path; none is exec
     }
   }
   for (const name of expected) assert.ok(rows.find((r) => r.proname === name)!.app_exec, `durably_app may call ${name}`);
-  for (const name of ['settle', 'settle_many', 'claim_tasks', 'heartbeat', 'retry_task', 'suspend_task', 'release_tasks', 'register_worker']) {
+  for (const name of ['settle', 'settle_many', 'claim_tasks', 'settle_and_claim', 'heartbeat', 'retry_task', 'suspend_task', 'release_tasks', 'register_worker']) {
     assert.equal(rows.find((r) => r.proname === name)!.app_exec, false, `durably_app may not call ${name}`);
   }
 

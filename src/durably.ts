@@ -16,6 +16,13 @@ export interface DurablyConfig {
   group?: string;
   /** Executions run at once by this process's worker (default 10). */
   concurrency?: number;
+  /**
+   * Tasks the worker holds at most, running or claimed ahead (default 2 ×
+   * concurrency, at least concurrency). Claiming ahead starts the next task
+   * without a round trip; tasks held here wait for this worker (after a
+   * crash, until their lease expires), so keep it low for long functions.
+   */
+  prefetch?: number;
   /** Lease on a claimed task; a crashed worker's work is re-run after it (default 30 s). */
   leaseMs?: number;
   /** Lease renewal interval (default leaseMs / 3). */
@@ -64,10 +71,18 @@ export class Durably {
     const url = config.url ?? defaultUrl();
     if (!url) throw new InvalidArgumentError('no database: pass { url } or set DATABASE_URL');
     const concurrency = config.concurrency ?? 10;
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
+      throw new InvalidArgumentError(`invalid concurrency ${concurrency}: an integer from 1 to 10000`);
+    }
+    const prefetch = config.prefetch ?? 2 * concurrency;
+    if (!Number.isInteger(prefetch) || prefetch < concurrency || prefetch > 100_000) {
+      throw new InvalidArgumentError(`invalid prefetch ${prefetch}: an integer from concurrency (${concurrency}) to 100000`);
+    }
     const leaseMs = config.leaseMs ?? 30_000;
     this.config = {
       group: checkGroup(config.group ?? 'default'),
       concurrency,
+      prefetch,
       leaseMs,
       heartbeatMs: config.heartbeatMs ?? Math.max(50, Math.floor(leaseMs / 3)),
       pollMs: config.pollMs ?? 1000,

@@ -18,6 +18,8 @@ export interface Registered {
 export interface WorkerConfig {
   group: string;
   concurrency: number;
+  /** Tasks held at most, running or claimed ahead. */
+  prefetch: number;
   leaseMs: number;
   heartbeatMs: number;
   pollMs: number;
@@ -131,9 +133,9 @@ export class Worker {
   }
 
   /**
-   * Claims while the last claim came back full, keeping up to twice the
-   * concurrency at hand (running or queued), so that a slot that frees up
-   * starts the next task without a round trip. Settlements waiting to be
+   * Claims while the last claim came back full, keeping up to `prefetch`
+   * tasks at hand (running or queued), so that a slot that frees up starts
+   * the next task without a round trip. Settlements waiting to be
    * written go along with the claim: one transaction, one commit.
    */
   private pump(): void {
@@ -144,7 +146,7 @@ export class Worker {
         do {
           this.pumpAgain = false;
           for (;;) {
-            const want = 2 * this.config.concurrency - this.running.size - this.queue.length;
+            const want = this.config.prefetch - this.running.size - this.queue.length;
             if (want <= 0 || this.stopping) { this.backlog = true; break; }
             const tasks = await this.claim(want);
             if (this.stopping) break;

@@ -11,6 +11,7 @@ import {
   Durably, DurablyError, InvalidArgumentError, NotFoundError, PromiseRejectedError, type Context, type DurablyConfig,
 } from '../src/index.js';
 import { testDatabase } from './helpers/db.js';
+import { waitFor } from './helpers/wait.js';
 
 const db = await testDatabase();
 const sql = db.sql;
@@ -194,6 +195,28 @@ test('bad input throws InvalidArgumentError and writes nothing', async (t) => {
   // the same id with valid input is accepted afterwards
   const h = await d.beginRpc(ok, 'f', { plain: ['json', 1, null, true] });
   assert.deepEqual((await d.promises.get(h.id)).args, [{ plain: ['json', 1, null, true] }]);
+});
+
+test('concurrency and prefetch are checked; a worker holds at most prefetch tasks, running or claimed ahead', async (t) => {
+  for (const config of [{ concurrency: 0 }, { concurrency: 1.5 }, { concurrency: 2, prefetch: 1 }, { prefetch: Number.NaN }]) {
+    assert.throws(() => new Durably({ url: db.url, log: quiet, ...config }), InvalidArgumentError, String(Object.entries(config)));
+  }
+  const group = uid('g');
+  const d = durably(t, { group, concurrency: 1, prefetch: 3 });
+  let release!: () => void;
+  const gate = new Promise<void>((ok) => { release = ok; });
+  let started = 0;
+  d.register('held', async () => { started++; await gate; return 'done'; });
+  const handles = await Promise.all(Array.from({ length: 6 }, (_, i) => d.beginRpc(uid(`pf${i}`), 'held')));
+  const states = async () => Object.fromEntries((await sql<{ state: string; n: number }[]>`
+    select state, count(*)::int as n from durably.tasks where group_name = ${group} group by state`).map((r) => [r.state, r.n]));
+  await d.start();
+  await waitFor(async () => (await states()).claimed === 3, { timeoutMs: 5000, what: 'three tasks claimed' });
+  await delay(300);
+  assert.deepEqual(await states(), { claimed: 3, ready: 3 }, 'one running and two claimed ahead; the rest left to others');
+  assert.equal(started, 1);
+  release();
+  assert.deepEqual(await Promise.all(handles.map((h) => h.result())), Array(6).fill('done'));
 });
 
 test('an unknown function name rejects the promise with UnknownFunctionError once a worker of the group sees it', async (t) => {

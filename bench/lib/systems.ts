@@ -1,7 +1,9 @@
 /**
  * The two systems under test, started the same way by every workload.
  *
- * durably: a Durably instance of group `bench` (pool concurrency + 2, poll 1 s).
+ * durably: a Durably instance of group `bench` (pool concurrency + 2, poll 1 s),
+ *   prefetch max(2C, 100): as many tasks claimed ahead as graphile-worker's
+ *   local queue holds.
  * graphile-worker 0.18 in its best documented configuration:
  *   localQueue: { size: max(2C, 100) }, completeJobBatchDelay: 0,
  *   failJobBatchDelay: 0, pollInterval 1 s (same as durably's pollMs),
@@ -17,6 +19,11 @@ export const POLL_MS = 1000;
 
 export type SystemName = 'durably' | 'graphile';
 
+/** graphile-worker's local queue size, and durably's prefetch (which counts running tasks too: durably holds no more). */
+export function localQueueSize(concurrency: number): number {
+  return Math.max(2 * concurrency, 100);
+}
+
 export function graphileOptions(concurrency: number) {
   return {
     concurrency,
@@ -27,7 +34,7 @@ export function graphileOptions(concurrency: number) {
     crontab: '',
     preset: {
       worker: {
-        localQueue: { size: Math.max(2 * concurrency, 100) },
+        localQueue: { size: localQueueSize(concurrency) },
         completeJobBatchDelay: 0,
         failJobBatchDelay: 0,
       },
@@ -48,7 +55,7 @@ export type DurablyFunctions = Record<string, (ctx: Context, ...args: any[]) => 
 /** A durably worker (not started yet when `start` is false). */
 export function makeDurably(url: string, concurrency: number, functions: DurablyFunctions = {}): Durably {
   const d = new Durably({
-    url, group: GROUP, concurrency, pollMs: POLL_MS,
+    url, group: GROUP, concurrency, pollMs: POLL_MS, prefetch: localQueueSize(concurrency),
     log: (m) => { if (process.env.BENCH_DEBUG) console.error(`[durably] ${m}`); },
   });
   for (const [name, fn] of Object.entries(functions)) d.register(name, fn);

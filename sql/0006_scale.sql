@@ -162,28 +162,31 @@ begin
   end if;
 end $$;
 
--- expire_promises: due deadlines, oldest first.
+-- expire_promises: due deadlines, oldest first; settled by the sequence
+-- numbers the join already found.
 create or replace function durably.expire_promises(p_limit integer default 1000)
 returns integer
 language plpgsql as $$
 declare
   v_ids text[];
+  v_seqs bigint[];
   v_states text[];
   v_values jsonb[];
 begin
   select coalesce(array_agg(d.id order by d.id), '{}'),
+         coalesce(array_agg(d.seq order by d.id), '{}'),
          coalesce(array_agg(case d.kind when 'sleep' then 'resolved' else 'rejected_timedout' end order by d.id), '{}'),
          coalesce(array_agg(case d.kind when 'sleep' then null
                               else jsonb_build_object('name', 'TimeoutError',
                                      'message', format('promise %s timed out at %s', d.id, d.timeout_at)) end
                             order by d.id), '{}')
-    into v_ids, v_states, v_values
-    from (select p.id, p.kind, p.timeout_at
+    into v_ids, v_seqs, v_states, v_values
+    from (select p.id, p.seq, p.kind, p.timeout_at
             from durably.deadlines dl join durably.promises p on p.seq = dl.promise_seq
            where dl.timeout_at <= now() and p.state = 'pending'
            order by dl.timeout_at limit p_limit
              for update of p skip locked) d;
-  perform durably.settle_many(v_ids, v_states, v_values);
+  perform durably.settle_many(v_ids, v_states, v_values, v_seqs);
   return cardinality(v_ids);
 end $$;
 

@@ -18,30 +18,30 @@ export interface Drainer {
   /** Resolves true once `n` handler runs happened (false after timeoutMs). */
   reach(n: number, timeoutMs: number): Promise<boolean>;
   /**
-   * What identifies each run in the database, in run order: the promise id
-   * (durably) or the job id (graphile-worker). In-process drainers only.
+   * graphile-worker: the job ids of the runs, in run order (durably's runs
+   * are found by sequence number instead). In-process drainers only.
    */
-  runKeys(): string[];
+  jobIds(): string[];
   /** Stops the worker (in-flight work finishes or is released); exactly-once check of `expected` ids. */
   stop(expected: string[] | null): Promise<DrainCheck>;
 }
 
 export async function localDrainer(system: SystemName, url: string, concurrency: number): Promise<Drainer> {
   const counter = new RunCounter();
-  const runKeys: string[] = [];
+  const jobIds: string[] = [];
   let d: Durably | undefined;
   let runner: Runner | undefined;
   if (system === 'durably') {
-    d = makeDurably(url, concurrency, { noop: async (ctx) => { counter.hit(ctx.id); runKeys.push(ctx.id); return null; } });
+    d = makeDurably(url, concurrency, { noop: async (ctx) => { counter.hit(ctx.id); return null; } });
     await warmDurably(d);
   }
   return {
     async start() {
       if (d) await d.start();
-      else runner = await startGraphile(url, concurrency, { noop: async (payload: any, helpers) => { counter.hit(payload.id); runKeys.push(helpers.job.id); } });
+      else runner = await startGraphile(url, concurrency, { noop: async (payload: any, helpers) => { counter.hit(payload.id); jobIds.push(helpers.job.id); } });
     },
     reach: (n, timeoutMs) => counter.reach(n, timeoutMs),
-    runKeys: () => runKeys.slice(),
+    jobIds: () => jobIds.slice(),
     async stop(expected) {
       if (d) await d.stop();
       if (runner) await runner.stop();
@@ -88,8 +88,8 @@ export async function childDrainer(system: SystemName, url: string, concurrency:
         reachWaiters.push({ n, ok: (v) => { clearTimeout(t); ok(v); } });
       });
     },
-    runKeys() {
-      throw new Error('runKeys: not available for a worker in a child process');
+    jobIds() {
+      throw new Error('jobIds: not available for a worker in a child process');
     },
     async stop(expected) {
       const stopped = expect('stopped');

@@ -141,22 +141,22 @@ export async function backlogTrial(ctx: BenchContext, system: SystemName, n: num
       : n - await graphileJobsLeft(utils!);
     // Done when k completions are committed, checked through keys that stay
     // in cache. durably: the backlog was created in one order (sequence
-    // numbers 1..n) and is claimed in that order, at most 2 × concurrency
+    // numbers 1..n) and is claimed in that order, at most `prefetch` (100)
     // ahead, so the first k completions are among the first k + 1000
     // promises (promises_seq). graphile-worker: the jobs of the runs, by job
     // id. Looking promises up by text id instead would read ~5,000 cold
     // primary key pages of a 1M backlog on every poll.
-    const committed = async (keys: string[]) => system === 'durably'
+    const committed = async (jobIds: string[]) => system === 'durably'
       ? Number((await sql`select count(*)::int as n from durably.promises
           where seq <= ${k + 1000} and state = 'resolved'`)[0].n)
-      : keys.length - Number((await sql`select count(*)::int as n from graphile_worker._private_jobs
-          where id = any(${textArray(keys)}::bigint[])`)[0].n);
+      : jobIds.length - Number((await sql`select count(*)::int as n from graphile_worker._private_jobs
+          where id = any(${textArray(jobIds)}::bigint[])`)[0].n);
     const drainer = await localDrainer(system, url, opts.backlogConcurrency);
     const t0 = performance.now();
     await drainer.start();
     const ran = await drainer.reach(k, 300_000);
-    const keys = drainer.runKeys().slice(0, k);
-    const done = ran && await until(async () => (await committed(keys)) >= k, 60_000, 2);
+    const jobIds = system === 'graphile' ? drainer.jobIds().slice(0, k) : [];
+    const done = ran && await until(async () => (await committed(jobIds)) >= k, 60_000, 2);
     const ms = performance.now() - t0;
     const check = await drainer.stop(null);
     // After stop: every run completed once. durably: a claim still in flight

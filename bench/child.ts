@@ -3,10 +3,10 @@
  * system and reports over IPC (see lib/drain.ts childDrainer).
  */
 import { localDrainer } from './lib/drain.js';
-import type { SystemName } from './lib/systems.js';
+import type { DurablySetup, SystemName } from './lib/systems.js';
 
-const { system, url, concurrency } = JSON.parse(process.argv[2]) as { system: SystemName; url: string; concurrency: number };
-const drainer = await localDrainer(system, url, concurrency);
+const { system, url, concurrency, setup } = JSON.parse(process.argv[2]) as { system: SystemName; url: string; concurrency: number; setup: DurablySetup };
+const drainer = await localDrainer(system, url, concurrency, setup);
 const send = (msg: unknown) => process.send!(msg);
 
 process.on('message', async (msg: any) => {

@@ -11,19 +11,27 @@ import { connect } from './db.js';
 import { migrate } from './migrate.js';
 import { DurablyError, InvalidArgumentError } from './errors.js';
 import { parseTarget } from './options.js';
+import { serveDashboard } from './dashboard/index.js';
 
 const HELP = `durably — durable executions, promises and cron inside Postgres
 
 usage: durably <command> [options]     (DATABASE_URL or --url picks the database)
 
-  dev [--worker <module>] [--group g]   embedded Postgres when no DATABASE_URL; migrates, prints the URL,
-                                        runs a worker for the module's exported functions; Ctrl-C stops
+  dev [--worker <module>] [--group g] [--port 7777]
+                                        embedded Postgres when no DATABASE_URL; migrates, prints the URL,
+                                        runs a worker for the module's exported functions, serves the
+                                        dashboard; Ctrl-C stops
+  dashboard [--host 127.0.0.1] [--port 7777] [--read-only] [--token T]
+                                        the web dashboard (another host needs --token; --port 0: any free port)
   migrate                               apply the migrations in sql/
-  invoke <func> [json-args] [--id id] [--group g] [--wait]
+  invoke <func> [json-args] [--id id] [--group g] [--wait] [--concurrency-key k] [--priority n]
   promises get <id> | list [--state s] [--pattern p] | resolve <id> [json] | reject <id> [message] | cancel <id>
   schedules create <id> <cron> <func> [json-args] [--timezone tz] [--group g] | list | get <id>
             | delete <id> | pause <id> | resume <id> | next <id> [n]
   tasks list
+  limits set <key> [--concurrency n] [--rate n/period] | list | delete <key>
+                                        flow control: key is a concurrency key, function:<name> or group:<name>;
+                                        --concurrency 0 pauses it; period in ms or with a unit (20/1s, 100/1m)
   workers list
   tree <id>                             the call tree of an execution
 
@@ -32,7 +40,8 @@ options: --url <url>  --json  --help`;
 const STATES = ['pending', 'resolved', 'rejected', 'rejected_canceled', 'rejected_timedout'];
 
 type Flags = { url?: string; json?: boolean; help?: boolean; worker?: string; group?: string; id?: string;
-  wait?: boolean; state?: string; pattern?: string; timezone?: string };
+  wait?: boolean; state?: string; pattern?: string; timezone?: string; host?: string; port?: string;
+  'read-only'?: boolean; token?: string; 'concurrency-key'?: string; priority?: string; concurrency?: string; rate?: string };
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -42,6 +51,8 @@ async function main(argv: string[]): Promise<number> {
       url: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       worker: { type: 'string' }, group: { type: 'string' }, id: { type: 'string' }, wait: { type: 'boolean' },
       state: { type: 'string' }, pattern: { type: 'string' }, timezone: { type: 'string' },
+      host: { type: 'string' }, port: { type: 'string' }, 'read-only': { type: 'boolean' }, token: { type: 'string' },
+      'concurrency-key': { type: 'string' }, priority: { type: 'string' }, concurrency: { type: 'string' }, rate: { type: 'string' },
     },
   });
   const flags = values as Flags;
@@ -55,6 +66,12 @@ async function main(argv: string[]): Promise<number> {
   const url = flags.url ?? process.env.DATABASE_URL;
   if (!url) throw new InvalidArgumentError('no database: set DATABASE_URL or pass --url (or use `durably dev`)');
   const out = (rows: unknown) => print(rows, flags.json);
+  if (command === 'dashboard') {
+    const served = await startDashboard(url, flags);
+    await stopped();
+    await served.close();
+    return 0;
+  }
 
   if (command === 'migrate') {
     const sql = connect(url, { max: 1 });
@@ -70,7 +87,7 @@ async function main(argv: string[]): Promise<number> {
   // --group may be a target (poll://any@g) for invoke
   const durably = new Durably({ url, group: parseTarget(flags.group ?? 'default'), poolSize: 2, log: () => {} });
   try {
-    const grouped = ['promises', 'schedules', 'tasks', 'workers'].includes(command);
+    const grouped = ['promises', 'schedules', 'tasks', 'workers', 'limits'].includes(command);
     switch (grouped ? `${command} ${rest[0] ?? ''}` : command) {
       case 'invoke': {
         const [func, json = '[]'] = rest;
@@ -78,7 +95,8 @@ async function main(argv: string[]): Promise<number> {
         const args = parseJson(json, 'json-args');
         const id = flags.id ?? `${func}-${Date.now().toString(36)}`;
         const handle = await durably.beginRpc(id, func, ...(Array.isArray(args) ? args : [args]),
-          durably.options({ target: flags.group ?? 'default' }));
+          durably.options({ target: flags.group ?? 'default', concurrencyKey: flags['concurrency-key'],
+            priority: flags.priority === undefined ? undefined : integer(flags.priority, '--priority') }));
         if (flags.wait) await handle.result().catch(() => {});
         out(await durably.promises.get(handle.id));
         return 0;
@@ -115,8 +133,16 @@ async function main(argv: string[]): Promise<number> {
         out((await durably.schedules.next(need(rest[1], 'id'), Number(rest[2] ?? 5))).map((t) => ({ next: t })));
         return 0;
       case 'tasks list':
-        out(await durably.sql`select promise_id, group_name, state, attempt, available_at, worker_id from durably.tasks
-                               order by available_at limit 200`); return 0;
+        out(await durably.sql`select promise_id, func, group_name, state, attempt, available_at, worker_id, waiting_for_worker
+                               from durably.task_list order by available_at limit 200`); return 0;
+      case 'limits set':
+        out(await durably.limits.set(need(rest[1], 'key'), {
+          concurrency: flags.concurrency === undefined ? null : integer(flags.concurrency, '--concurrency'),
+          rate: flags.rate === undefined ? null : parseRate(flags.rate),
+        }));
+        return 0;
+      case 'limits list': out(await durably.limits.list()); return 0;
+      case 'limits delete': out({ deleted: await durably.limits.delete(need(rest[1], 'key')) }); return 0;
       case 'workers list':
         out(await durably.sql`select id, group_name, host, pid, array_to_string(functions, ', ') as functions, status, heartbeat_at from durably.worker_status
                                order by started_at desc limit 200`); return 0;
@@ -157,16 +183,46 @@ async function dev(flags: Flags): Promise<number> {
     await worker.start();
     console.log(`worker ${worker.workerId} of group ${worker.group} runs: ${Object.keys(mod).join(', ')}`);
   }
+  const served = await startDashboard(db.url, flags);
   console.log('up; Ctrl-C stops');
-  await new Promise<void>((ok) => { process.once('SIGINT', ok); process.once('SIGTERM', ok); });
+  await stopped();
+  await served.close();
   await worker?.stop();
   await db.stop();
   return 0;
 }
 
+/** Serves the web dashboard as the flags say and prints its address. */
+async function startDashboard(url: string, flags: Flags) {
+  if (flags.port !== undefined && !/^\d{1,5}$/.test(flags.port)) throw new InvalidArgumentError(`invalid --port ${flags.port}: 0 to 65535`);
+  const served = await serveDashboard({
+    url, host: flags.host, port: flags.port === undefined ? undefined : Number(flags.port), readOnly: flags['read-only'], token: flags.token,
+  });
+  console.log(`dashboard: ${served.url}`);
+  return served;
+}
+
+function stopped(): Promise<void> {
+  return new Promise<void>((ok) => { process.once('SIGINT', ok); process.once('SIGTERM', ok); });
+}
+
 function need(v: string | undefined, what: string): string {
   if (!v) throw new InvalidArgumentError(`missing <${what}>`);
   return v;
+}
+
+function integer(text: string, what: string): number {
+  if (!/^-?\d+$/.test(text)) throw new InvalidArgumentError(`invalid ${what} ${JSON.stringify(text)}: an integer`);
+  return Number(text);
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `20/1s`, `100/1m`, `5/500` (ms): starts per period. */
+function parseRate(text: string): { limit: number; periodMs: number } {
+  const m = /^(\d+)\/(\d+)(ms|s|m|h)?$/.exec(text);
+  if (!m) throw new InvalidArgumentError(`invalid --rate ${JSON.stringify(text)}: <starts>/<period>, e.g. 20/1s, 100/1m, 5/500 (ms)`);
+  return { limit: Number(m[1]), periodMs: Number(m[2]) * UNIT_MS[m[3] ?? 'ms'] };
 }
 
 function parseJson(text: string, what: string): unknown {

@@ -1,148 +1,14 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { retryTransient, textArray, type Sql } from './db.js';
-import { DurablyError, NonDeterminismError, toErrorValue } from './errors.js';
+import { NonDeterminismError, toErrorValue } from './errors.js';
 import { toJson } from './json.js';
 import { splitArgs, parseTarget, invokeOptions, type CallOptions } from './options.js';
 import { DEFAULT_RETRY, retryDelay, type RetryPolicy } from './retry.js';
 import { settledValue, type PromiseState } from './promises.js';
-
-/** A child promise as the claim query returns it (the execution's history). */
-export interface ChildRecord {
-  id: string;
-  kind: 'invoke' | 'step' | 'sleep' | 'external';
-  func: string | null;
-  state: PromiseState;
-  value: unknown;
-  timeout_at: string | Date;
-}
-
-/** What an execution needs from the worker running it. */
-export interface ExecutionHost {
-  sql: Sql;
-  workerId: string;
-  group: string;
-  /** Sleeps up to this long wait in process; longer ones suspend. */
-  inProcessSleepMs: number;
-  /** Called when the execution suspended until `wakeAt` (if a timer). */
-  onSuspended(wakeAt: Date | undefined): void;
-}
+import type { ChildRecord, Execution } from './execution.js';
+import { Replay } from './replay.js';
+import { startStep, traceInvoke, withContext, type TraceContext } from './tracing.js';
 
 export type StepFunction<A extends unknown[] = any[], R = any> = (ctx: Context, ...args: A) => R | Promise<R>;
-
-/** Ends an execution early: it suspended, or it was aborted. Never seen by user code that awaits ctx operations. */
-export type Interrupt = { kind: 'suspended' } | { kind: 'aborted'; reason: unknown };
-
-type RemoteWait = { wakeAt?: Date; resolve: (v: unknown) => void; reject: (e: unknown) => void };
-
-/**
- * One run of one claimed task: the state its contexts share. It decides when
- * to suspend: when every branch of the function waits on something remote
- * (a child on another worker, a long timer, an external promise) and nothing
- * runs locally.
- */
-export class Execution {
-  readonly controller = new AbortController();
-  private localOps = 0;
-  private readonly remote = new Map<string, RemoteWait>();
-  private checkScheduled = false;
-  private suspending = false;
-  private interrupt!: (i: Interrupt) => void;
-  /** Settles when the execution suspends or is aborted. */
-  readonly interrupted = new Promise<Interrupt>((ok) => { this.interrupt = ok; });
-
-  constructor(
-    readonly host: ExecutionHost,
-    readonly promiseId: string,
-    readonly rootId: string,
-    readonly timeoutAt: Date,
-    readonly attempt: number,
-    /** Null for a first run: there is nothing to replay. */
-    readonly history: Map<string, ChildRecord> | null,
-  ) {}
-
-  /** A query on the execution's pool, retried through broken connections (every one is idempotent). */
-  query<T>(make: (sql: Sql) => Promise<T>): Promise<T> {
-    return retryTransient(() => make(this.host.sql));
-  }
-
-  abort(reason: unknown) {
-    if (this.controller.signal.aborted) return;
-    this.controller.abort(reason);
-    for (const w of this.remote.values()) w.reject(reason);
-    this.remote.clear();
-    this.interrupt({ kind: 'aborted', reason });
-  }
-
-  /** Runs `op` as local work: while it runs, the execution does not suspend. */
-  async local<T>(op: () => Promise<T>): Promise<T> {
-    this.throwIfAborted();
-    this.localOps++;
-    try {
-      return await op();
-    } finally {
-      this.localOps--;
-      this.scheduleCheck();
-    }
-  }
-
-  /** Waits for promise `id` to settle elsewhere (or for `wakeAt`, for timers). */
-  awaitRemote(id: string, wakeAt?: Date): Promise<unknown> {
-    this.throwIfAborted();
-    return new Promise((resolve, reject) => {
-      this.remote.set(id, { wakeAt, resolve, reject });
-      this.scheduleCheck();
-    });
-  }
-
-  throwIfAborted() {
-    if (this.controller.signal.aborted) throw this.controller.signal.reason;
-  }
-
-  private scheduleCheck() {
-    if (this.checkScheduled) return;
-    this.checkScheduled = true;
-    // After the microtasks run: by then user code has reached its next await.
-    setImmediate(() => {
-      this.checkScheduled = false;
-      if (this.localOps === 0 && this.remote.size > 0 && !this.suspending && !this.controller.signal.aborted) {
-        void this.suspend();
-      }
-    });
-  }
-
-  private async suspend() {
-    this.suspending = true;
-    const awaits = [...this.remote.keys()];
-    const timers = [...this.remote.values()].flatMap((w) => (w.wakeAt ? [w.wakeAt.getTime()] : []));
-    const wakeAt = timers.length ? new Date(Math.min(...timers)) : undefined;
-    try {
-      const [{ suspend_task: outcome }] = await this.query((sql) => sql`
-        select durably.suspend_task(${this.host.workerId}, ${this.promiseId}, ${textArray(awaits)}::text[], ${wakeAt ?? null})`);
-      if (outcome === 'suspended') {
-        this.host.onSuspended(wakeAt);
-        this.interrupt({ kind: 'suspended' });
-        return;
-      }
-      if (outcome === 'lost') return this.abort(new DurablyError('LEASE_LOST', `lost the lease on ${this.promiseId}`));
-      // Something settled meanwhile: hand out what is ready and go on.
-      const rows = await this.query((sql) => sql<{ id: string; state: PromiseState; value: unknown; timeout_at: Date }[]>`
-        select id, state, value, timeout_at from durably.promises where id = any(${textArray(awaits)}::text[])`);
-      for (const row of rows) {
-        const w = this.remote.get(row.id);
-        if (!w) continue;
-        if (row.state !== 'pending') {
-          this.remote.delete(row.id);
-          try { w.resolve(settledValue(row)); } catch (e) { w.reject(e); }
-        }
-      }
-      this.suspending = false;
-      this.scheduleCheck();
-    } catch (err) {
-      // The lease runs out and another claim replays the execution.
-      this.abort(err);
-    }
-  }
-}
 
 /** An operation started with beginRun/beginRpc: await it (or `.result()`) later. */
 export interface Future<T> extends Promise<T> {
@@ -161,8 +27,7 @@ export interface ExternalPromise<T> {
  * `<parent id>.<n>` and returned, not re-executed, when the function replays.
  */
 export class Context {
-  private seq = 0;
-  private history?: Promise<Map<string, ChildRecord>>;
+  private readonly replay: Replay;
 
   constructor(
     private readonly exec: Execution,
@@ -170,8 +35,10 @@ export class Context {
     readonly id: string,
     readonly attempt: number,
     history: Map<string, ChildRecord> | null,
+    /** The span this context's operations are children of (the execution's, or a step's); none when not traced. */
+    private readonly trace: TraceContext | undefined = exec.trace?.context,
   ) {
-    if (history) this.history = Promise.resolve(history);
+    this.replay = new Replay(exec, id, history);
   }
 
   /** Fires when the execution is canceled, times out or loses its lease. */
@@ -186,9 +53,16 @@ export class Context {
 
   beginRun<A extends unknown[], R>(fn: StepFunction<A, R>, ...rest: [...A] | [...A, CallOptions]): Future<Awaited<R>> {
     const { args, opts } = splitArgs(rest);
-    const id = opts.id ?? this.nextId();
+    const id = opts.id ?? this.replay.nextId();
     const name = fn.name || 'anonymous';
-    return this.future(id, () => this.exec.local(() => this.step(id, name, fn as StepFunction, args, opts)));
+    return this.future(id, async () => {
+      // A replay passes the stored steps without the bookkeeping of local work:
+      // a resume replays every step before its own.
+      this.exec.throwIfAborted();
+      const replayed = this.replay.storedNow(id, 'step', name);
+      if (!replayed) return this.exec.local(() => this.step(id, name, fn as StepFunction, args, opts));
+      return settledValue(replayed);
+    });
   }
 
   /** Invokes registered function `name` on a worker of a group (default: this one) and waits for it durably. */
@@ -198,7 +72,7 @@ export class Context {
 
   beginRpc<R = unknown>(name: string, ...rest: unknown[]): Future<R> {
     const { args, opts } = splitArgs(rest);
-    const id = opts.id ?? this.nextId();
+    const id = opts.id ?? this.replay.nextId();
     return this.future(id, async () => {
       const ready = await this.exec.local(() => this.invokeChild(id, name, args, opts));
       return (ready ? ready.value : await this.exec.awaitRemote(id)) as R;
@@ -207,9 +81,9 @@ export class Context {
 
   /** A durable timer: after a crash the replay waits only for what remains. */
   async sleep(ms: number): Promise<void> {
-    const id = this.nextId();
+    const id = this.replay.nextId();
     const wakeAt = await this.exec.local(async () => {
-      const stored = await this.stored(id, 'sleep', null);
+      const stored = await this.replay.stored(id, 'sleep', null);
       let deadline: Date;
       let remaining: number;
       if (stored) {
@@ -218,14 +92,20 @@ export class Context {
         remaining = deadline.getTime() - Date.now();
       } else {
         const [row] = await this.exec.query((sql) => sql<{ timeout_at: Date; db_now: Date }[]>`
-          select timeout_at, db_now from durably.create_promise(${id}, 'sleep', null, p_parent_id => ${this.id},
-            p_timeout_ms => ${Math.max(0, Math.round(ms))})`);
+          select timeout_at, db_now from durably.create_child_promise(${id}, 'sleep', ${this.id}, ${this.exec.rootId}, null,
+            ${Math.max(0, Math.round(ms))})`);
         deadline = row.timeout_at;
         remaining = row.timeout_at.getTime() - row.db_now.getTime();
       }
       if (remaining <= 0) return undefined;
-      if (remaining > this.exec.host.inProcessSleepMs) return deadline;
-      await delay(remaining, undefined, { signal: this.signal });
+      const suspends = remaining > this.exec.host.inProcessSleepMs;
+      const wait = this.exec.trace?.wait('durably.sleep', this.trace,
+        { 'durably.promise_id': id, 'durably.sleep_ms': remaining, 'durably.suspended': suspends });
+      if (suspends) {
+        wait?.end(deadline);
+        return deadline;
+      }
+      await delay(remaining, undefined, { signal: this.signal }).finally(() => wait?.end());
       return undefined;
     });
     if (wakeAt) await this.exec.awaitRemote(id, wakeAt);
@@ -233,19 +113,19 @@ export class Context {
 
   /** A durable promise settled from outside (TypeScript, SQL or CLI) by its id. */
   async promise<T = unknown>(opts: { id?: string; timeout?: number } = {}): Promise<ExternalPromise<T>> {
-    const id = opts.id ?? this.nextId();
+    const id = opts.id ?? this.replay.nextId();
     const record = await this.exec.local(async () => {
-      const stored = await this.stored(id, 'external', null);
+      const stored = await this.replay.stored(id, 'external', null);
       if (stored) return stored;
       const timeoutAt = this.childTimeout(opts.timeout);
       const [row] = await this.exec.query((sql) => sql<ChildRecord[]>`
         select id, kind, func, state, value, timeout_at
-          from durably.create_promise(${id}, 'external', ${timeoutAt}, p_parent_id => ${this.id})`);
+          from durably.create_child_promise(${id}, 'external', ${this.id}, ${this.exec.rootId}, ${timeoutAt})`);
       return row;
     });
     return {
       id,
-      result: async () => (record.state !== 'pending' ? settledValue<T>(record) : (await this.exec.awaitRemote(id)) as T),
+      result: async () => (record.state !== 'pending' ? settledValue<T>(record) : (await this.awaitExternal(id)) as T),
     };
   }
 
@@ -259,8 +139,14 @@ export class Context {
     return this.recorded('@random', () => Math.random());
   }
 
-  private nextId(): string {
-    return `${this.id}.${this.seq++}`;
+  /** Waits for an external promise, under a `durably.promise` span when traced. */
+  private async awaitExternal(id: string): Promise<unknown> {
+    const wait = this.exec.trace?.wait('durably.promise', this.trace, { 'durably.promise_id': id });
+    try {
+      return await this.exec.awaitRemote(id);
+    } finally {
+      wait?.end();
+    }
   }
 
   private future<T>(id: string, op: () => Promise<T>): Future<T> {
@@ -272,24 +158,40 @@ export class Context {
   }
 
   private recorded(name: string, make: () => number): Promise<number> {
-    const id = this.nextId();
+    const id = this.replay.nextId();
     return this.exec.local(async () => {
-      const stored = await this.stored(id, 'step', name);
+      const stored = await this.replay.stored(id, 'step', name);
       if (stored) return stored.value as number;
       return (await this.checkpoint(id, name, 'resolved', make())) as number;
     });
   }
 
   private async step(id: string, name: string, fn: StepFunction, args: unknown[], opts: CallOptions): Promise<any> {
-    const stored = await this.stored(id, 'step', name);
+    const stored = await this.replay.stored(id, 'step', name);
     if (stored) return settledValue(stored);
+    const span = startStep(this.trace, id, name);
+    const began = performance.now();
+    try {
+      return await this.attempts(id, name, fn, args, opts, span?.context);
+    } catch (err) {
+      span?.fail(err);
+      throw err;
+    } finally {
+      span?.end();
+      this.exec.host.metrics.stepEnded(name, (performance.now() - began) / 1000);
+    }
+  }
+
+  /** Runs a step until it succeeds or its retry policy gives up, and stores the outcome. */
+  private async attempts(id: string, name: string, fn: StepFunction, args: unknown[], opts: CallOptions,
+    trace: TraceContext | undefined): Promise<any> {
     const policy: RetryPolicy = opts.retry ?? DEFAULT_RETRY;
     for (let attempt = 1; ; attempt++) {
-      this.exec.throwIfAborted();
-      const child = new Context(this.exec, id, attempt, this.exec.history ? null : new Map());
+      this.exec.checkLease();
+      const child = new Context(this.exec, id, attempt, this.exec.history ? null : new Map(), trace);
       let outcome: { value: unknown } | { error: unknown };
       try {
-        outcome = { value: await fn(child, ...args) };
+        outcome = { value: await withContext(trace, () => fn(child, ...args)) };
       } catch (err) {
         if (this.signal.aborted || err instanceof NonDeterminismError) throw err;
         outcome = { error: err };
@@ -303,17 +205,21 @@ export class Context {
     }
   }
 
-  /** Stores a step's outcome; a value stored first by another run wins. */
+  /**
+   * Stores a step's outcome, in one commit with the steps of other executions
+   * finishing now, and returns it once committed; a value stored first by
+   * another run wins.
+   */
   private async checkpoint(id: string, name: string, state: 'resolved' | 'rejected', value: unknown): Promise<unknown> {
     const json = toJson(value ?? null, `the result of step ${name}`);
-    const [row] = await this.exec.query((sql) => sql<ChildRecord[]>`
-      select id, kind, func, state, value, timeout_at
-        from durably.create_promise(${id}, 'step', ${this.exec.timeoutAt}, ${state}, ${json}::text::jsonb, ${this.id}, ${name})`);
+    const row = await this.exec.host.checkpoints.write({
+      id, parentId: this.id, rootId: this.exec.rootId, func: name, state, value: json, timeoutAt: this.exec.timeoutAt,
+    });
     return settledValue(row);
   }
 
   private async invokeChild(id: string, name: string, args: unknown[], opts: CallOptions) {
-    const stored = await this.stored(id, 'invoke', name);
+    const stored = await this.replay.stored(id, 'invoke', name);
     if (stored) return stored.state === 'pending' ? undefined : { value: settledValue(stored) };
     const group = opts.target ? parseTarget(opts.target) : this.exec.host.group;
     const stored_opts = {
@@ -322,35 +228,16 @@ export class Context {
       root_id: this.exec.rootId,
       timeout_at: this.childTimeout(opts.timeout).toISOString(),
     };
-    const [row] = await this.exec.query((sql) => sql<{ state: PromiseState; value: unknown }[]>`
-      select state, value from durably.invoke(${id}, ${name}, ${toJson(args, `the args of ${name}`)}::text::jsonb,
-        ${group}, ${JSON.stringify(stored_opts)}::text::jsonb)`);
+    const argsJson = toJson(args, `the args of ${name}`);
+    const [row] = await traceInvoke(name, { 'durably.promise_id': id, 'durably.function': name, 'durably.group': group },
+      (trace) => this.exec.query((sql) => sql<{ state: PromiseState; value: unknown }[]>`
+        select state, value from durably.create_invocations(array[${id}], array[${name}], array[${argsJson}::text::jsonb],
+          ${group}, ${JSON.stringify({ ...stored_opts, trace })}::text::jsonb)`), this.trace);
     return row.state === 'pending' ? undefined : { value: settledValue({ id, ...row }) };
   }
 
   private childTimeout(ms?: number): Date {
     const parent = this.exec.timeoutAt.getTime();
     return new Date(ms === undefined ? parent : Math.min(parent, Date.now() + ms));
-  }
-
-  /** The stored child at `id`, checked against what this run asks for there. */
-  private async stored(id: string, kind: ChildRecord['kind'], func: string | null): Promise<ChildRecord | undefined> {
-    if (!this.exec.history) return undefined;
-    this.history ??= this.loadHistory();
-    const child = (await this.history).get(id);
-    if (child && (child.kind !== kind || (func !== null && child.func !== func))) {
-      const err = new NonDeterminismError(
-        `non-deterministic replay of ${this.exec.promiseId}: at ${id} the stored history has ` +
-        `${child.kind}${child.func ? ` ${child.func}` : ''}, but this run called ${kind}${func ? ` ${func}` : ''}`);
-      this.exec.abort(err);
-      throw err;
-    }
-    return child;
-  }
-
-  private async loadHistory(): Promise<Map<string, ChildRecord>> {
-    const rows = await this.exec.query((sql) => sql<ChildRecord[]>`
-      select id, kind, func, state, value, timeout_at from durably.promises where parent_id = ${this.id}`);
-    return new Map(rows.map((r) => [r.id, r]));
   }
 }

@@ -1,13 +1,18 @@
 import { callProcedure, connect, defaultUrl, type Sql } from './db.js';
 import { DurablyError, InvalidArgumentError, toErrorValue } from './errors.js';
-import { toJson } from './json.js';
+import { MAX_TAGS_BYTES, toJson } from './json.js';
 import { migrate } from './migrate.js';
 import { options, splitArgs, parseTarget, checkGroup, invokeOptions, type CallOptions, type Options } from './options.js';
-import { DurableHandle, Settlements, type PromiseRecord, type PromiseState } from './promises.js';
+import { DurableHandle, Settlements, settledValue, type PromiseRecord, type PromiseState } from './promises.js';
 import { checkRetry, type RetryPolicy } from './retry.js';
 import { Worker, type Registered } from './worker.js';
 import { Schedules, ScheduleHandle, Ticker, type Recurrence } from './schedules.js';
+import { Limits } from './limits.js';
 import type { StepFunction } from './context.js';
+import { toLogger, type Logger, type LogOption } from './log.js';
+import { Metrics, renderMetrics, serveMetrics } from './metrics.js';
+import { traceInvoke } from './tracing.js';
+import type { Server } from 'node:http';
 
 export interface DurablyConfig {
   /** Postgres URL; defaults to DATABASE_URL. */
@@ -17,10 +22,13 @@ export interface DurablyConfig {
   /** Executions run at once by this process's worker (default 10). */
   concurrency?: number;
   /**
-   * Tasks the worker holds at most, running or claimed ahead (default 2 ×
-   * concurrency, at least concurrency). Claiming ahead starts the next task
-   * without a round trip; tasks held here wait for this worker (after a
-   * crash, until their lease expires), so keep it low for long functions.
+   * Tasks the worker holds at most, running or claimed ahead (at least
+   * concurrency). Claiming ahead starts the next task without a round trip;
+   * tasks held here wait for this worker (after a crash, until their lease
+   * expires). Default: adaptive, from 2 × concurrency up to concurrency +
+   * 100 (or 2 × concurrency, if more) while claims come back full; the
+   * tasks claimed ahead are at most about a second of the worker's work, so
+   * few for long functions (see the README).
    */
   prefetch?: number;
   /** Lease on a claimed task; a crashed worker's work is re-run after it (default 30 s). */
@@ -42,7 +50,15 @@ export interface DurablyConfig {
   retentionMs?: number | null;
   /** Apply migrations on first use (default true). */
   migrate?: boolean;
-  log?: (message: string) => void;
+  /**
+   * Where log lines go: a structured logger (pino-like `{ debug, info, warn,
+   * error }`, each taking fields and a message; lines about an execution carry
+   * promise_id, function, group and attempt), or a function taking a line of
+   * text (warnings and errors only). Default: warnings and errors on stderr.
+   */
+  log?: LogOption;
+  /** Serve this process's metrics at http://127.0.0.1:<metricsPort>/metrics while started. */
+  metricsPort?: number;
 }
 
 export interface RegisterOptions {
@@ -60,12 +76,18 @@ export class Durably {
   readonly sql: Sql;
   private readonly functions = new Map<string, Registered>();
   private readonly settlements: Settlements;
-  private readonly config: Required<Omit<DurablyConfig, 'url' | 'poolSize'>>;
+  private readonly config: Required<Omit<DurablyConfig, 'url' | 'poolSize' | 'log' | 'metricsPort' | 'prefetch'>>
+    & { log: Logger; prefetch: number | null };
+  private readonly instruments = new Metrics();
+  private readonly metricsPort?: number;
+  private metricsServer?: Server;
   private worker?: Worker;
   private ticker?: Ticker;
   private migrated?: Promise<unknown>;
   /** Schedules: get, list, handle(id), delete, pause, resume, next. */
   readonly schedules: Schedules;
+  /** Flow control limits by key: set, get, list, delete. */
+  readonly limits: Limits;
 
   constructor(config: DurablyConfig = {}) {
     const url = config.url ?? defaultUrl();
@@ -74,8 +96,8 @@ export class Durably {
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
       throw new InvalidArgumentError(`invalid concurrency ${concurrency}: an integer from 1 to 10000`);
     }
-    const prefetch = config.prefetch ?? 2 * concurrency;
-    if (!Number.isInteger(prefetch) || prefetch < concurrency || prefetch > 100_000) {
+    const prefetch = config.prefetch ?? null;
+    if (prefetch !== null && (!Number.isInteger(prefetch) || prefetch < concurrency || prefetch > 100_000)) {
       throw new InvalidArgumentError(`invalid prefetch ${prefetch}: an integer from concurrency (${concurrency}) to 100000`);
     }
     const leaseMs = config.leaseMs ?? 30_000;
@@ -90,12 +112,17 @@ export class Durably {
       graceMs: config.graceMs ?? 10_000,
       retentionMs: config.retentionMs === undefined ? 7 * 86_400_000 : config.retentionMs,
       migrate: config.migrate ?? true,
-      log: config.log ?? ((m) => console.error(`[durably] ${m}`)),
+      log: toLogger(config.log),
     };
+    if (config.metricsPort !== undefined && (!Number.isInteger(config.metricsPort) || config.metricsPort < 0 || config.metricsPort > 65535)) {
+      throw new InvalidArgumentError(`invalid metricsPort ${config.metricsPort}: a TCP port from 0 to 65535`);
+    }
+    this.metricsPort = config.metricsPort;
     this.group = this.config.group;
-    this.sql = connect(url, { max: config.poolSize ?? concurrency + 2, name: `durably:${this.group}` });
+    this.sql = connect(url, { max: config.poolSize ?? concurrency + 2, name: `durably:${this.group}`, proofMs: 3 * this.config.pollMs });
     this.settlements = new Settlements(this.sql, this.config.pollMs);
     this.schedules = new Schedules(this.sql, () => this.ready(), this.group);
+    this.limits = new Limits(this.sql, () => this.ready());
   }
 
   /** Marks the last argument of run/rpc/schedule calls as options. */
@@ -123,15 +150,30 @@ export class Durably {
   async start(): Promise<void> {
     if (this.worker) return;
     await this.ready();
-    const worker = new Worker(this.sql, this.functions, this.config);
+    const worker = new Worker(this.sql, this.functions, this.config, this.instruments);
     this.worker = worker;
     await worker.start();
     this.ticker = new Ticker(this.sql, this.config.pollMs, this.config.log);
     await this.ticker.start();
+    if (this.metricsPort !== undefined) {
+      this.metricsServer = await serveMetrics(this.metricsPort, () => this.metrics(),
+        (err) => this.config.log.warn({}, `rendering metrics failed: ${err.message}`));
+    }
+  }
+
+  /**
+   * The Prometheus text exposition: what this process counted (invocations,
+   * durations, retries, lease expirations) and the database's gauges (tasks,
+   * oldest ready task, workers, schedule lag).
+   */
+  async metrics(): Promise<string> {
+    await this.ready();
+    return renderMetrics(this.sql, this.instruments);
   }
 
   /** Stops claiming, lets running work finish (up to graceMs), releases the rest, closes connections. */
   async stop(): Promise<void> {
+    if (this.metricsServer) await new Promise((done) => this.metricsServer!.close(done));
     await this.ticker?.stop();
     await this.worker?.stop();
     await this.settlements.close();
@@ -139,25 +181,24 @@ export class Durably {
   }
 
   /** Invokes a function on this group and waits for its result. */
-  async run<R = unknown>(id: string, fn: string | AnyFunction, ...args: unknown[]): Promise<R> {
-    return (await this.beginRun<R>(id, fn, ...args)).result();
+  async run<R = unknown>(id: string, fn: string | AnyFunction, ...rest: unknown[]): Promise<R> {
+    return (await this.invokeHere<R>(id, fn, rest, true)).result();
   }
 
   /** Invokes a function on this group; returns a handle at once. */
   async beginRun<R = unknown>(id: string, fn: string | AnyFunction, ...rest: unknown[]): Promise<DurableHandle<R>> {
-    const name = typeof fn === 'string' ? fn : this.nameOf(fn);
-    const { args, opts } = splitArgs(rest);
-    return this.invoke<R>(id, name, args, { ...opts, target: this.group });
+    return this.invokeHere<R>(id, fn, rest, false);
   }
 
   /** Invokes registered function `name` on a group (options target, default this group) and waits. */
-  async rpc<R = unknown>(id: string, name: string, ...args: unknown[]): Promise<R> {
-    return (await this.beginRpc<R>(id, name, ...args)).result();
+  async rpc<R = unknown>(id: string, name: string, ...rest: unknown[]): Promise<R> {
+    const { args, opts } = splitArgs(rest);
+    return (await this.invoke<R>(id, name, args, opts, true)).result();
   }
 
   async beginRpc<R = unknown>(id: string, name: string, ...rest: unknown[]): Promise<DurableHandle<R>> {
     const { args, opts } = splitArgs(rest);
-    return this.invoke<R>(id, name, args, opts);
+    return this.invoke<R>(id, name, args, opts, false);
   }
 
   /**
@@ -180,16 +221,8 @@ export class Durably {
       if (Date.now() >= deadline) throw new DurablyError('TIMED_OUT', `promise ${JSON.stringify(id)} did not appear within ${timeoutMs} ms`);
       await new Promise((ok) => setTimeout(ok, Math.min(this.config.pollMs, 100)));
     }
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, fail) => {
-      timer = setTimeout(() => fail(new DurablyError('TIMED_OUT', `promise ${JSON.stringify(id)} did not settle within ${timeoutMs} ms`)),
-        Math.max(0, deadline - Date.now()));
-    });
-    try {
-      return await Promise.race([new DurableHandle<R>(id, this.settlements).result(), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return settledValue<R>(await this.settlements.wait(id,
+      { ms: Math.max(0, deadline - Date.now()), message: `promise ${JSON.stringify(id)} did not settle within ${timeoutMs} ms` }));
   }
 
   /** A handle for an existing promise. */
@@ -217,6 +250,9 @@ export class Durably {
     resolve: async (id: string, value?: unknown) => this.settle(id, 'resolve', toJson(value ?? null, 'the value')),
     reject: async (id: string, error?: unknown) => this.settle(id, 'reject', JSON.stringify(toErrorValue(error ?? new Error('rejected')))),
     cancel: async (id: string, reason = 'canceled'): Promise<PromiseRecord> => {
+      if (Buffer.byteLength(reason) > MAX_TAGS_BYTES) {
+        throw new InvalidArgumentError(`the reason is ${Buffer.byteLength(reason)} bytes; the limit is ${MAX_TAGS_BYTES}`);
+      }
       await this.ready();
       const [row] = await callProcedure(() => this.sql<PromiseRecord[]>`select * from durably.cancel(${id}, ${reason})`);
       return row;
@@ -245,7 +281,17 @@ export class Durably {
     return row;
   }
 
-  private async invoke<R>(id: string, name: string, args: unknown[], opts: CallOptions): Promise<DurableHandle<R>> {
+  private invokeHere<R>(id: string, fn: string | AnyFunction, rest: unknown[], awaited: boolean): Promise<DurableHandle<R>> {
+    const name = typeof fn === 'string' ? fn : this.nameOf(fn);
+    const { args, opts } = splitArgs(rest);
+    return this.invoke<R>(id, name, args, { ...opts, target: this.group }, awaited);
+  }
+
+  /**
+   * `awaited`: the caller waits for the result at once, so the invocation is
+   * made marked as waited for, sparing the wait the write that marks it.
+   */
+  private async invoke<R>(id: string, name: string, args: unknown[], opts: CallOptions, awaited: boolean): Promise<DurableHandle<R>> {
     if (typeof id !== 'string') throw new InvalidArgumentError('the id must be a string');
     if (typeof name !== 'string' || name === '') throw new InvalidArgumentError('the function name must be a non-empty string');
     const group = parseTarget(opts.target ?? this.group);
@@ -253,8 +299,9 @@ export class Durably {
     const stored = invokeOptions(opts);
     const sql = opts.tx ?? this.sql;
     await this.ready();
-    await callProcedure(() => sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify(stored)}::text::jsonb)`,
-      !opts.tx); // a caller's transaction cannot be retried from here
+    await traceInvoke(name, { 'durably.promise_id': id, 'durably.function': name, 'durably.group': group }, (trace) =>
+      callProcedure(() => sql`select 1 from durably.invoke(${id}, ${name}, ${argsJson}::text::jsonb, ${group}, ${JSON.stringify({ ...stored, trace, awaited })}::text::jsonb)`,
+        !opts.tx)); // a caller's transaction cannot be retried from here
     return new DurableHandle<R>(id, this.settlements);
   }
 

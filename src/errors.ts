@@ -20,11 +20,6 @@ export class AlreadyExistsError extends DurablyError {
   constructor(message: string) { super('ALREADY_EXISTS', message); }
 }
 
-/** A function name the worker has not registered. */
-export class UnknownFunctionError extends DurablyError {
-  constructor(message: string) { super('UNKNOWN_FUNCTION', message); }
-}
-
 /** A replay reached a step other than the one stored at that position. */
 export class NonDeterminismError extends DurablyError {
   constructor(message: string) { super('NON_DETERMINISM', message); }

@@ -3,10 +3,15 @@ import { InvalidArgumentError } from './errors.js';
 /** Largest JSON payload (args or value) accepted, in bytes. */
 export const MAX_PAYLOAD_BYTES = 1024 * 1024;
 
+/** Largest tags (as JSON) and cancel reason accepted, in bytes. */
+export const MAX_TAGS_BYTES = 64 * 1024;
+
 /**
  * Checks that `value` survives a JSON round trip unchanged (no functions,
- * undefined, BigInt, NaN, class instances or cycles) and is not oversized.
- * Returns its JSON text; `what` names the value in the error.
+ * undefined, BigInt, NaN, class instances or cycles), that PostgreSQL can
+ * store it (jsonb refuses NUL characters and lone surrogates in strings), and
+ * that it is not oversized. Returns its JSON text; `what` names the value in
+ * the error.
  */
 export function toJson(value: unknown, what: string): string {
   check(value, what, new Set());
@@ -18,9 +23,20 @@ export function toJson(value: unknown, what: string): string {
   return text;
 }
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+function checkText(s: string, path: string): void {
+  if (s.includes('\u0000')) throw new InvalidArgumentError(`${path} holds a NUL character (\\u0000), which PostgreSQL cannot store`);
+  if (LONE_SURROGATE.test(s)) {
+    throw new InvalidArgumentError(`${path} holds a lone surrogate (half of a UTF-16 pair), which PostgreSQL cannot store`);
+  }
+}
+
 function check(v: unknown, path: string, seen: Set<object>): void {
   switch (typeof v) {
     case 'string':
+      checkText(v, path);
+      return;
     case 'boolean':
       return;
     case 'number':
@@ -34,7 +50,10 @@ function check(v: unknown, path: string, seen: Set<object>): void {
         throw new InvalidArgumentError(`${path} is a ${proto?.constructor?.name ?? 'class'} instance; pass plain JSON data`);
       }
       seen.add(v);
-      for (const [k, child] of Object.entries(v)) check(child, Array.isArray(v) ? `${path}[${k}]` : `${path}.${k}`, seen);
+      for (const [k, child] of Object.entries(v)) {
+        if (!Array.isArray(v)) checkText(k, `a key of ${path}`);
+        check(child, Array.isArray(v) ? `${path}[${k}]` : `${path}.${k}`, seen);
+      }
       seen.delete(v);
       return;
     }

@@ -37,6 +37,7 @@ export interface TaskListRow {
   func: string | null;
   group_name: string;
   state: 'ready' | 'claimed' | 'suspended';
+  /** ready: since when it may run (due, or woken); claimed: its lease expiry; suspended: its timer (or infinity). */
   available_at: Date;
   attempt: number;
   worker_id: string | null;
@@ -45,6 +46,22 @@ export interface TaskListRow {
   created_at: Date;
   root_id: string;
   timeout_at: Date;
+  concurrency_key: string | null;
+  priority: number;
+  /** The limit key whose full concurrency holds this ready task back. */
+  parked_on: string | null;
+}
+
+/** A row of durably.limit_list: a flow control limit and what it counts now (counts come back as strings). */
+export interface LimitListRow {
+  key: string;
+  concurrency: number | null;
+  rate_limit: number | null;
+  rate_period_ms: number | null;
+  updated_at: Date;
+  running: string;
+  parked: string;
+  started_in_window: string;
 }
 
 /** A row of durably.schedule_list: a schedule and the state of its latest tick. */
@@ -77,6 +94,7 @@ export interface DurablyDatabase {
   'durably.task_list': TaskListRow;
   'durably.schedule_list': ScheduleListRow;
   'durably.worker_status': WorkerStatusRow;
+  'durably.limit_list': LimitListRow;
 }
 
 /** What durably.invoke returns: the promise, and whether this call created it. */

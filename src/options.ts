@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from './errors.js';
 import { checkRetry, type RetryPolicy } from './retry.js';
+import { MAX_TAGS_BYTES, toJson } from './json.js';
 import type { TransactionSql } from './db.js';
 
 /** Per-call options; pass `durably.options({...})` as the last argument. */
@@ -12,6 +13,10 @@ export interface CallOptions {
   retry?: RetryPolicy;
   /** Start no earlier than this many milliseconds from now. */
   delay?: number;
+  /** Flow control: the key whose limits (`durably.limits.set`) apply, e.g. `customer:42`. */
+  concurrencyKey?: string;
+  /** Higher runs first, within what the limits allow (an integer, default 0). */
+  priority?: number;
   /**
    * Enqueue inside the caller's transaction (a postgres.js `sql.begin`
    * transaction): the invocation exists if and only if it commits.
@@ -48,6 +53,14 @@ export function splitArgs(rest: unknown[]): { args: unknown[]; opts: CallOptions
   return { args: rest, opts: {} };
 }
 
+/** A flow control key: 1 to 512 characters. */
+export function checkLimitKey(key: unknown, what = 'limit key'): string {
+  if (typeof key !== 'string' || key === '' || key.length > 512) {
+    throw new InvalidArgumentError(`invalid ${what} ${JSON.stringify(key)?.slice(0, 80)}: a string of 1 to 512 characters`);
+  }
+  return key;
+}
+
 const GROUP = /^[A-Za-z0-9_.:-]{1,128}$/;
 
 /** `poll://any@workers` or `workers` -> `workers`. */
@@ -82,8 +95,19 @@ export function invokeOptions(opts: CallOptions): Record<string, unknown> {
         || Object.values(opts.tags).some((v) => typeof v !== 'string')) {
       throw new InvalidArgumentError('tags must be an object of strings');
     }
+    const bytes = Buffer.byteLength(toJson(opts.tags, 'tags'));
+    if (bytes > MAX_TAGS_BYTES) {
+      throw new InvalidArgumentError(`tags are ${bytes} bytes of JSON; the limit is ${MAX_TAGS_BYTES}`);
+    }
     out.tags = opts.tags;
   }
   if (opts.retry !== undefined) out.retry = checkRetry(opts.retry);
+  if (opts.concurrencyKey !== undefined) out.concurrency_key = checkLimitKey(opts.concurrencyKey, 'concurrencyKey');
+  if (opts.priority !== undefined) {
+    if (!Number.isInteger(opts.priority) || opts.priority < -2_147_483_648 || opts.priority > 2_147_483_647) {
+      throw new InvalidArgumentError(`invalid priority ${opts.priority}: an integer (higher runs first, default 0)`);
+    }
+    out.priority = opts.priority;
+  }
   return out;
 }

@@ -3,6 +3,8 @@ import { callProcedure, type Sql } from './db.js';
 import { InvalidArgumentError, NotFoundError } from './errors.js';
 import { toJson } from './json.js';
 import { parseTarget, type CallOptions } from './options.js';
+import type { Logger } from './log.js';
+import { tick } from './tracing.js';
 
 export type OverlapPolicy = 'always_start' | 'skip_if_running' | 'cancel_and_restart' | 'buffer_one';
 export type CatchupPolicy = 'all' | 'latest' | 'none';
@@ -31,6 +33,10 @@ export interface ScheduleRecord {
   occurrence: number;
   created_at: Date;
   updated_at: Date;
+  /** Why the last attempt to tick failed (null once a tick succeeds): SQLSTATE, message, time, failures in a row. */
+  last_error: { code: string; message: string; at: string; failures: number } | null;
+  /** When a schedule whose tick failed is tried again (its due ticks are kept). */
+  retry_at: Date | null;
 }
 
 /** What `durably.schedule(...)` returns. */
@@ -148,7 +154,7 @@ export class Ticker {
   private stopped = false;
   private listener?: { unlisten(): Promise<void> };
 
-  constructor(private readonly sql: Sql, private readonly pollMs: number, private readonly log: (m: string) => void) {}
+  constructor(private readonly sql: Sql, private readonly pollMs: number, private readonly log: Logger) {}
 
   async start(): Promise<void> {
     this.listener = await this.sql.listen('durably_schedules', () => this.kick(), () => this.kick());
@@ -166,9 +172,9 @@ export class Ticker {
     if (this.running) { this.again = true; return; }
     this.running = true;
     clearTimeout(this.timer);
-    void this.sql<{ created: number; next_run_at: Date | null }[]>`select * from durably.tick()`
+    void tick(this.sql)
       .then(([row]) => this.sleepUntil(row?.next_run_at ?? null), (err) => {
-        this.log(`tick failed, trying again at the next poll: ${(err as Error).message}`);
+        this.log.warn({}, `tick failed, trying again at the next poll: ${(err as Error).message}`);
         this.sleepUntil(null);
       })
       .finally(() => {

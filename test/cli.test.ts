@@ -230,7 +230,7 @@ test('tasks list, workers list and tree <id>', async () => {
   const root = uid('cli-tree');
   await sql`select * from durably.invoke(${waiting}, 'sum', '[1, 1]', ${idle})`;
   const [tasks, workers, done] = await Promise.all([
-    json<{ promise_id: string; group_name: string; state: string; attempt: number }[]>(['tasks', 'list']),
+    json<{ promise_id: string; group_name: string; state: string; attempt: number; waiting_for_worker: boolean }[]>(['tasks', 'list']),
     json<{ id: string; group_name: string; status: string; functions: string }[]>(['workers', 'list']),
 
     json(['invoke', 'parent', '[5]', '--id', root, '--group', group, '--wait']),
@@ -238,7 +238,8 @@ test('tasks list, workers list and tree <id>', async () => {
   ]);
   const task = tasks.find((x) => x.promise_id === waiting);
   assert.ok(task, 'the waiting invocation has a task');
-  assert.deepEqual([task.group_name, task.state, task.attempt], [idle, 'ready', 1]);
+  assert.deepEqual([task.group_name, task.state, task.attempt, task.waiting_for_worker], [idle, 'ready', 1, true],
+    'no worker of its group registers sum: it waits for one');
 
   const me = workers.find((w) => w.id === worker!.workerId);
   assert.ok(me, 'this process\'s worker is listed');

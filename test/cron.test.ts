@@ -1,5 +1,5 @@
 /**
- * durably.cron_next and friends (sql/0002_cron.sql): syntax, day rules,
+ * durably.cron_next and friends (sql/cron.sql): syntax, day rules,
  * calendars, DST, errors, and a seeded property test against cron-parser v5.
  */
 import { test } from 'node:test';
@@ -194,7 +194,7 @@ test('cron_parse exposes the expanded fields; cron_validate; cron_next_n', async
 });
 
 // ---------------------------------------------------------------------------
-// DST: the documented behaviour (see the header of sql/0002_cron.sql)
+// DST: the documented behaviour (see the header of sql/cron.sql)
 
 test('DST America/New_York 2026: 30 2 * * * and 0 * * * *', async () => {
   const tz = 'America/New_York';

@@ -26,8 +26,8 @@ async function runScript(path: string, env: Record<string, string>, args: string
 const lines = (child: Child, re: RegExp) => child.stdout.split('\n').filter((l) => re.test(l));
 
 // Databases first (one per example): test/helpers/db.ts drops them after the file.
-const [scheduleDb, balanceDb, triggerDb, overlapDb, messageDb] = await Promise.all(
-  Array.from({ length: 5 }, () => testDatabase()));
+const [scheduleDb, balanceDb, triggerDb, overlapDb, messageDb, flowDb] = await Promise.all(
+  Array.from({ length: 6 }, () => testDatabase()));
 
 test('schedule: install is idempotent; a worker killed for 3 s catches up every missed tick on restart', async (t) => {
   const env = { DATABASE_URL: scheduleDb.url, CRON: '* * * * * *' };
@@ -267,4 +267,45 @@ test('message-worker: one workflow per message id; a consumer killed mid-workflo
   assert.equal(completions.find((c) => c.recordId === r2)!.by, 'b');
   const [wf] = await messageDb.sql`select state, value from durably.promises where id = ${`delete-${r2}`}`;
   assert.equal(wf.state, 'resolved');
+});
+
+test('dashboard-embed: the dashboard under /admin/durably of an application\'s server, behind its token', async (t) => {
+  const db = await testDatabase();
+  const token = randomBytes(12).toString('hex');
+  const server = await spawnChild(t, 'dashboard-embed', example('dashboard-embed/server.ts'), {
+    env: { DATABASE_URL: db.url, DASHBOARD_TOKEN: token, PORT: '0' }, ready: /^listening: /m,
+  });
+  const base = /listening: (http:\/\/\S+\/)/.exec(server.stdout)![1];
+  assert.equal(await (await fetch(base)).text(), 'the application\n');
+  assert.equal((await fetch(`${base}admin/durably/`)).status, 401);
+  const page = await fetch(`${base}admin/durably/workers`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /href="\/admin\/durably\/promises"/);
+  await server.kill();
+});
+
+test('flow-control: 3 workers charge 60 payments: never two at once for a customer, never over 20 starts a second', async (t) => {
+  const env = { DATABASE_URL: flowDb.url };
+  const workers = await Promise.all(['a', 'b', 'c'].map((n) =>
+    spawnChild(t, `payments ${n}`, example('flow-control/worker.ts'), { env: { ...env, WORKER_NAME: n } })));
+  const prefix = uid('pay');
+  const out = await runScript('flow-control/client.ts', env, ['60', '6', prefix], 60_000);
+  assert.match(out, new RegExp(`^charged 60: `, 'm'));
+  const runs = workers.flatMap((w) => lines(w, / starts /).map((l) => {
+    const [worker, , id, customer, at] = l.split(' ');
+    const end = lines(w, new RegExp(`^${worker} charged ${id} `))[0];
+    return { id, customer, start: Number(at), end: Number(end.split(' ')[4]) };
+  }));
+  assert.deepEqual(runs.map((r) => r.id).sort(), Array.from({ length: 60 }, (_, i) => `${prefix}-${i}`).sort(), 'each charge ran once');
+  for (const a of runs) {
+    for (const b of runs) {
+      if (a !== b && a.customer === b.customer) assert.ok(a.end <= b.start || b.end <= a.start, `${a.id} and ${b.id} of ${a.customer} overlapped`);
+    }
+  }
+  // 20 starts a second. The rate counts claims; a handler starts after its claim by the time a loaded 2-core
+  // machine takes to deliver it to three processes (over 100 ms, seen): any 750 ms holds at most 20.
+  const starts = runs.map((r) => r.start).sort((x, y) => x - y);
+  const most = Math.max(...starts.map((s) => starts.filter((x) => x >= s && x < s + 750).length));
+  assert.ok(most <= 20, `at most 20 starts in a second: ${most}`);
+  assert.ok(starts.at(-1)! - starts[0] >= 2000, '60 charges at 20 a second take over 2 s');
 });

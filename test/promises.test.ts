@@ -17,13 +17,18 @@ const uid = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
 
 type Row = Record<string, any>;
 
+/** An invocation, made as a worker makes a child invocation when opts place it under a parent. */
 async function invoke(id: string, group: string, opts: Record<string, unknown> = {}, func = 'f'): Promise<Row> {
   const [row] = await sql<Row[]>`
-    select * from durably.invoke(${id}, ${func}, '[1, "two"]'::jsonb, ${group}, ${JSON.stringify(opts)}::text::jsonb)`;
+    select * from durably.create_invocations(array[${id}], array[${func}], array['[1, "two"]'::jsonb], ${group},
+      ${JSON.stringify(opts)}::text::jsonb)`;
   return row;
 }
 
+/** Claims as `worker`, registered for every function the group's tasks have. */
 async function claim(worker: string, group: string, limit = 10, leaseMs = 60_000): Promise<Row[]> {
+  await sql`select durably.register_worker(${worker}::uuid, ${group}, 'test', 0,
+    array(select distinct func from durably.tasks where group_name = ${group}), ${leaseMs})`;
   return [...await sql<Row[]>`select * from durably.claim_tasks(${worker}::uuid, ${group}, ${limit}, ${leaseMs})`];
 }
 
@@ -86,7 +91,7 @@ test('invoke deduplicates by id: the second call creates nothing and starts noth
 test('settle_many: the first settlement wins, also among concurrent ones', async () => {
   const group = uid('g');
   const id = uid('settle');
-  await invoke(id, group);
+  await invoke(id, group, { awaited: true }); // a caller waits for it: its settlement is notified
   const notified: string[] = [];
   const listener = await sql.listen('durably_settled', (payload) => notified.push(...payload.split('\n')));
   try {
@@ -154,9 +159,10 @@ test('cancel settles the promise and its pending descendants, and nothing else',
   await invoke(root, group);
   await invoke(`${root}.0`, group, { parent_id: root });
   await invoke(`${root}.0.0`, group, { parent_id: `${root}.0` });
-  await sql`select * from durably.create_promise(${`${root}.1`}, 'step', now() + interval '1 hour', 'resolved', '7'::jsonb, ${root})`;
-  await sql`select * from durably.create_promise(${`${root}.2`}, 'external', now() + interval '1 hour', p_parent_id => ${root})`;
-  await sql`select * from durably.create_promise(${`${root}.2.0`}, 'sleep', now() + interval '1 hour', p_parent_id => ${`${root}.2`})`;
+  await sql`select * from durably.create_child_promise(${`${root}.1`}, 'step', ${root}, ${root}, now() + interval '1 hour',
+    p_state => 'resolved', p_value => '7'::jsonb)`;
+  await sql`select * from durably.create_child_promise(${`${root}.2`}, 'external', ${root}, ${root}, now() + interval '1 hour')`;
+  await sql`select * from durably.create_child_promise(${`${root}.2.0`}, 'sleep', ${`${root}.2`}, ${root}, now() + interval '1 hour')`;
   await invoke(other, group);
   assert.equal((await promise(`${root}.0.0`))?.root_id, root, 'root_id is inherited down the tree');
 
@@ -190,9 +196,9 @@ test('expire_promises: past-due promises time out, due timers resolve and wake t
   const future = uid('exp-future');
   const waiter = uid('exp-waiter');
   await invoke(inv, group, { timeout_at: '2000-01-01T00:00:00Z' });
-  await sql`select * from durably.create_promise(${timer}, 'sleep', '2000-01-01T00:00:00Z')`;
+  await sql`select * from durably.create_child_promise(${timer}, 'sleep', null, null, '2000-01-01T00:00:00Z')`;
   await sql`select * from durably.create_promise(${ext}, 'external', null, p_timeout_ms => 0)`;
-  await sql`select * from durably.create_promise(${future}, 'sleep', now() + interval '1 hour')`;
+  await sql`select * from durably.create_child_promise(${future}, 'sleep', null, null, now() + interval '1 hour')`;
   // a task suspended on the timer, as ctx.sleep leaves it
   await invoke(waiter, group);
   assert.equal((await claim(worker, group)).length, 2);
@@ -277,7 +283,7 @@ test('heartbeat renews the leases the worker knows it holds (not those of a lost
   const none = await sql<Row[]>`select * from durably.heartbeat(${w1}::uuid, 60000, ${[a, b]}::text[])`;
   assert.equal(none.length, 0);
   const [{ renewed }] = await sql<Row[]>`
-    select bool_and(available_at > now() + interval '50 seconds') as renewed from durably.tasks where promise_id in (${a}, ${b})`;
+    select bool_and(lease_until > now() + interval '50 seconds') as renewed from durably.tasks where promise_id in (${a}, ${b})`;
   assert.equal(renewed, true);
   const [{ heartbeat_at: hb1 }] = await sql<Row[]>`select heartbeat_at from durably.workers where id = ${w1}::uuid`;
   assert.ok(hb1 > hb0);
@@ -368,7 +374,7 @@ test('suspend_task: suspends until an awaited promise settles; ready when it alr
   const parent = uid('sus');
   const child = `${parent}.0`;
   await invoke(parent, group);
-  await sql`select * from durably.create_promise(${child}, 'external', now() + interval '1 hour', p_parent_id => ${parent})`;
+  await sql`select * from durably.create_child_promise(${child}, 'external', ${parent}, ${parent}, now() + interval '1 hour')`;
   assert.equal((await claim(w1, group)).length, 1);
 
   const suspend = async (worker: string, awaits: string[], wakeAt: string | null = null) => {
@@ -399,9 +405,9 @@ test('suspend_task: suspends until an awaited promise settles; ready when it alr
 
   // already settled: 'ready', the caller keeps its lease, nothing is recorded
   const done = `${parent}.1`;
-  await sql`select * from durably.create_promise(${done}, 'step', now() + interval '1 hour', 'resolved', '1'::jsonb, ${parent})`;
+  await sql`select * from durably.create_child_promise(${done}, 'step', ${parent}, ${parent}, now() + interval '1 hour', p_state => 'resolved', p_value => '1'::jsonb)`;
   const pending = `${parent}.2`;
-  await sql`select * from durably.create_promise(${pending}, 'external', now() + interval '1 hour', p_parent_id => ${parent})`;
+  await sql`select * from durably.create_child_promise(${pending}, 'external', ${parent}, ${parent}, now() + interval '1 hour')`;
   assert.equal(await suspend(w2, [pending, done]), 'ready');
   const kept = await task(parent);
   assert.equal(kept?.state, 'claimed');
@@ -428,7 +434,7 @@ test('suspend_task and a concurrent settle: whichever commits first, the task is
     const parent = uid('race-a');
     const child = `${parent}.0`;
     await invoke(parent, group);
-    await sql`select * from durably.create_promise(${child}, 'external', now() + interval '1 hour', p_parent_id => ${parent})`;
+    await sql`select * from durably.create_child_promise(${child}, 'external', ${parent}, ${parent}, now() + interval '1 hour')`;
     assert.equal((await claim(w, group)).length, 1);
     let commit!: () => void;
     const gate = new Promise<void>((ok) => { commit = ok; });
@@ -457,7 +463,7 @@ test('suspend_task and a concurrent settle: whichever commits first, the task is
     const parent = uid('race-b');
     const child = `${parent}.0`;
     await invoke(parent, group);
-    await sql`select * from durably.create_promise(${child}, 'external', now() + interval '1 hour', p_parent_id => ${parent})`;
+    await sql`select * from durably.create_child_promise(${child}, 'external', ${parent}, ${parent}, now() + interval '1 hour')`;
     assert.equal((await claim(w, group)).length, 1);
     let commit!: () => void;
     const gate = new Promise<void>((ok) => { commit = ok; });
@@ -547,8 +553,8 @@ test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 
     insert into durably.promises (id, func, args, timeout_at, root_id)
     select 'bulkp-' || i, 'f', '[]', now() + interval '1 day', 'bulkp-' || i from generate_series(1, 10000) i`;
   await sql`
-    insert into durably.tasks (promise_seq, promise_id, group_name, available_at)
-    select p.seq, p.id, 'bulk-' || (p.seq % 4), now() + (p.seq % 3 - 1) * interval '1 hour'
+    insert into durably.tasks (promise_seq, promise_id, group_name, func, available_at)
+    select p.seq, p.id, 'bulk-' || (p.seq % 4), p.func, now() + (p.seq % 3 - 1) * interval '1 hour'
       from durably.promises p where p.id like 'bulkp-%'`;
   await sql`analyze durably.promises`;
   await sql`analyze durably.tasks`;
@@ -583,6 +589,7 @@ test('EXPLAIN: claims use tasks_claim, settlements and creations the keys, with 
   // The whole procedures, as workers and clients call them, with the generic
   // plans PL/pgSQL switches to after five calls: the scans they make in their
   // transaction are counted there (pg_stat_xact_user_tables).
+  await sql`select durably.register_worker('00000000-0000-0000-0000-0000000000aa', 'bulk-1', 'test', 0, '{f}', 30000)`;
   const scans = await sql.begin(async (tx) => {
     await tx`set local plan_cache_mode = force_generic_plan`;
     for (let i = 0; i < 7; i++) {

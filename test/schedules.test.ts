@@ -1,5 +1,5 @@
 /**
- * Crash-safe cron (sql/0003_schedules.sql, src/schedules.ts): every-second
+ * Crash-safe cron (sql/schedules.sql, src/schedules.ts): every-second
  * schedules over real worker processes (test/fixtures/schedule-worker.ts)
  * killed with SIGKILL, catch-up and overlap policies, re-creation, pause and
  * resume, {occurrence} ids, DST through tick(), bad input, concurrent tickers.
@@ -688,7 +688,7 @@ test('a worker SIGKILLed while running a tick: the survivor re-runs it after the
 test('DST: tick() creates the documented instants across the 2026 transitions (New York, Berlin)', async () => {
   const { sql } = await testDatabase();
   const cases: [string, string, string, string[]][] = [
-    // [cron, zone, next_run_at set to, the ticks tick(100, 4) creates] -- see sql/0002_cron.sql and test/cron.test.ts
+    // [cron, zone, next_run_at set to, the ticks tick(100, 4) creates] -- see sql/cron.sql and test/cron.test.ts
     ['30 2 * * *', 'America/New_York', '2026-03-07T07:30:00Z',
       ['2026-03-07T07:30:00Z', '2026-03-08T07:30:00Z', '2026-03-09T06:30:00Z', '2026-03-10T06:30:00Z']],
     ['30 2 * * *', 'America/New_York', '2026-10-31T06:30:00Z',

@@ -1,5 +1,5 @@
 /**
- * The SQL surface of sql/0004_public_api.sql: role durably_app calls the
+ * The SQL surface of sql/public_api.sql: role durably_app calls the
  * public functions and reads the views, cannot write the tables or call the
  * worker-side procedures; the public functions are SECURITY DEFINER with a
  * fixed search_path; a worker runs what durably_app enqueued.
@@ -61,10 +61,11 @@ test('durably_app invokes, reads the views, resolves and cancels through the fun
   assert.deepEqual({ ...after }, { state: 'resolved', task_state: null }, 'the task is gone once settled');
   assert.equal((await asApp((tx) => tx`select 1 from durably.task_list where promise_id = ${id}`)).length, 0);
 
-  // cancel cascades to a pending child
+  // cancel cascades to a pending child (made as its worker makes it)
   const parent = uid('parent');
   await asApp((tx) => tx`select * from durably.invoke(${parent}, 'f', '[]', 'g-app')`);
-  await asApp((tx) => tx`select * from durably.invoke(${`${parent}.0`}, 'f', '[]', 'g-app', ${JSON.stringify({ parent_id: parent })}::text::jsonb)`);
+  await sql`select * from durably.create_invocations(array[${`${parent}.0`}], '{f}', array['[]'::jsonb], 'g-app',
+    ${JSON.stringify({ parent_id: parent })}::text::jsonb)`;
   const [canceled] = await asApp((tx) => tx`select * from durably.cancel(${parent}, 'no longer needed')`);
   assert.equal(canceled.state, 'rejected_canceled');
   const [child] = await asApp((tx) => tx`select state, root_id, value from durably.promise_list where id = ${`${parent}.0`}`);
@@ -142,7 +143,7 @@ test('durably_app cannot write the tables or call the worker-side procedures', a
   const [privs] = await sql`
     select bool_or(has_table_privilege('durably_app', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')) as writes,
            bool_and(has_table_privilege('durably_app', c.oid, 'SELECT')
-                    = (c.relname in ('promise_list', 'task_list', 'schedule_list', 'worker_status'))) as reads
+                    = (c.relname in ('promise_list', 'task_list', 'schedule_list', 'worker_status', 'limit_list'))) as reads
       from pg_class c where c.relnamespace = 'durably'::regnamespace and c.relkind in ('r', 'v', 'p')`;
   assert.deepEqual({ ...privs }, { writes: false, reads: true }, 'durably_app reads the views only and writes nothing');
 

@@ -10,18 +10,14 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably, InvalidArgumentError, type DurableHandle } from '../src/index.js';
 import { connect } from '../src/db.js';
-import { testDatabase } from './helpers/db.js';
+import { createWorkerTables, testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
 import { spawnChild, within, type Child } from './helpers/processes.js';
 
 const db = await testDatabase();
 const sql = db.sql;
 const dbName = new URL(db.url).pathname.slice(1);
-await sql`create table executions (
-  id serial primary key, invocation_id text not null, worker_name text not null, attempt integer not null,
-  started_at timestamptz not null default clock_timestamp())`;
-await sql`create table effects (
-  invocation_id text primary key, worker_name text not null, at timestamptz not null default clock_timestamp())`;
+await createWorkerTables(sql);
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/worker.ts', import.meta.url));
 const uid = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;

@@ -13,6 +13,12 @@ export interface BenchOptions {
   /** Workflow steps: functions x steps. */
   stepsFunctions: number;
   stepsPerFunction: number;
+  /** Loop-shaped workflows: sequential ctx.run steps, and suspending steps. */
+  longflowSteps: number;
+  longflowSuspends: number;
+  /** Resume: ready tasks kept in the group while workflows of it suspend and resume. */
+  resumeBacklog: number;
+  resumeWorkflows: number;
   /** Backlog: pending sizes, and how many are drained (timed) from each. */
   backlogSizes: number[];
   backlogDrain: number;

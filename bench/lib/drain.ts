@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { Runner } from 'graphile-worker';
 import type { Durably } from '../../src/durably.js';
 import { RunCounter } from './stats.js';
-import { makeDurably, startGraphile, warmDurably, type SystemName } from './systems.js';
+import { makeDurably, startGraphile, warmDurably, type DurablySetup, type SystemName } from './systems.js';
 
 export interface DrainCheck { duplicates: number; missing: number; ok: boolean; ran: number }
 
@@ -26,13 +26,13 @@ export interface Drainer {
   stop(expected: string[] | null): Promise<DrainCheck>;
 }
 
-export async function localDrainer(system: SystemName, url: string, concurrency: number): Promise<Drainer> {
+export async function localDrainer(system: SystemName, url: string, concurrency: number, setup: DurablySetup = 'tuned'): Promise<Drainer> {
   const counter = new RunCounter();
   const jobIds: string[] = [];
   let d: Durably | undefined;
   let runner: Runner | undefined;
   if (system === 'durably') {
-    d = makeDurably(url, concurrency, { noop: async (ctx) => { counter.hit(ctx.id); return null; } });
+    d = makeDurably(url, concurrency, { noop: async (ctx) => { counter.hit(ctx.id); return null; } }, setup);
     await warmDurably(d);
   }
   return {
@@ -52,8 +52,8 @@ export async function localDrainer(system: SystemName, url: string, concurrency:
 }
 
 /** The same, in a child process (tsx bench/child.ts), driven over IPC. */
-export async function childDrainer(system: SystemName, url: string, concurrency: number): Promise<Drainer> {
-  const child: ChildProcess = fork(fileURLToPath(new URL('../child.ts', import.meta.url)), [JSON.stringify({ system, url, concurrency })], {
+export async function childDrainer(system: SystemName, url: string, concurrency: number, setup: DurablySetup = 'tuned'): Promise<Drainer> {
+  const child: ChildProcess = fork(fileURLToPath(new URL('../child.ts', import.meta.url)), [JSON.stringify({ system, url, concurrency, setup })], {
     execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

@@ -52,10 +52,17 @@ export async function graphileUtils(url: string): Promise<WorkerUtils> {
 
 export type DurablyFunctions = Record<string, (ctx: Context, ...args: any[]) => unknown>;
 
+/**
+ * How a durably worker is configured: `tuned` claims ahead as many tasks as
+ * graphile-worker's local queue holds; `defaults` gives only concurrency
+ * (and the bench's poll interval): what `new Durably({ concurrency })` does.
+ */
+export type DurablySetup = 'tuned' | 'defaults';
+
 /** A durably worker (not started yet when `start` is false). */
-export function makeDurably(url: string, concurrency: number, functions: DurablyFunctions = {}): Durably {
+export function makeDurably(url: string, concurrency: number, functions: DurablyFunctions = {}, setup: DurablySetup = 'tuned'): Durably {
   const d = new Durably({
-    url, group: GROUP, concurrency, pollMs: POLL_MS, prefetch: localQueueSize(concurrency),
+    url, group: GROUP, concurrency, pollMs: POLL_MS, prefetch: setup === 'tuned' ? localQueueSize(concurrency) : undefined,
     log: (m) => { if (process.env.BENCH_DEBUG) console.error(`[durably] ${m}`); },
   });
   for (const [name, fn] of Object.entries(functions)) d.register(name, fn);

@@ -3,11 +3,14 @@
  * invoke_many, graphile-worker addJobs), then drained by one worker at
  * concurrency C. enqueue/s = N / enqueue time; completed/s = N / (worker
  * start -> every job's completion committed, confirmed in the database).
+ * durably runs twice: tuned (graphile-worker's local queue size claimed
+ * ahead) and with its defaults (only concurrency given), each compared with
+ * graphile-worker tuned; the defaults' target is ≥ 1.0×.
  */
 import { connect } from '../../src/db.js';
 import { invokeMany } from '../lib/db.js';
 import { childDrainer, localDrainer } from '../lib/drain.js';
-import { GROUP, graphileJobsLeft, graphileUtils, type SystemName } from '../lib/systems.js';
+import { GROUP, graphileJobsLeft, graphileUtils, type DurablySetup, type SystemName } from '../lib/systems.js';
 import { fmtSummary, summarize, table, until } from '../lib/stats.js';
 import type { BenchContext, WorkloadResult } from '../lib/context.js';
 
@@ -15,7 +18,7 @@ export interface ThroughputTrial { enqueuePerSec: number; completedPerSec: numbe
 
 /** One throughput trial. */
 export async function throughputTrial(ctx: BenchContext, system: SystemName, n: number, concurrency: number,
-  label = 'tp'): Promise<ThroughputTrial & { violation?: string }> {
+  label = 'tp', setup: DurablySetup = 'tuned'): Promise<ThroughputTrial & { violation?: string }> {
   const { dbs, opts } = ctx;
   const url = await dbs.fresh(system, `${label}${concurrency}`);
   const ids = Array.from({ length: n }, (_, i) => `t-${i}`);
@@ -36,7 +39,7 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
     const enqueueMs = performance.now() - t0;
 
     // drain
-    const drainer = await (opts.workerProcess ? childDrainer : localDrainer)(system, url, concurrency);
+    const drainer = await (opts.workerProcess ? childDrainer : localDrainer)(system, url, concurrency, setup);
     const t1 = performance.now();
     await drainer.start();
     const ran = await drainer.reach(n, 300_000);
@@ -63,7 +66,7 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
       drainMs,
       ok,
       violation: ok ? undefined
-        : `${system} throughput c=${concurrency}: done=${done} duplicates=${check.duplicates} missing=${check.missing} dbOk=${dbOk}`,
+        : `${system} (${setup}) throughput c=${concurrency}: done=${done} duplicates=${check.duplicates} missing=${check.missing} dbOk=${dbOk}`,
     };
   } finally {
     await sql.end({ timeout: 2 });
@@ -72,19 +75,27 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
   }
 }
 
+/** The configurations measured: durably tuned and with its defaults, graphile-worker tuned. */
+type Variant = 'durably' | 'durably defaults' | 'graphile';
+const VARIANTS: { name: Variant; system: SystemName; setup: DurablySetup }[] = [
+  { name: 'durably', system: 'durably', setup: 'tuned' },
+  { name: 'durably defaults', system: 'durably', setup: 'defaults' },
+  { name: 'graphile', system: 'graphile', setup: 'tuned' },
+];
+
 export async function throughput(ctx: BenchContext): Promise<WorkloadResult> {
   const { opts, log } = ctx;
   const n = opts.throughputN;
-  const results: Record<string, Record<SystemName, ThroughputTrial[]>> = {};
+  const results: Record<string, Record<Variant, ThroughputTrial[]>> = {};
   const violations: string[] = [];
   for (let rep = 0; rep < opts.reps; rep++) {
     for (const c of opts.throughputConcurrency) {
-      const order: SystemName[] = rep % 2 === 0 ? ['durably', 'graphile'] : ['graphile', 'durably'];
-      for (const system of order) {
-        const r = await throughputTrial(ctx, system, n, c);
-        ((results[c] ??= { durably: [], graphile: [] })[system]).push(r);
+      const order = rep % 2 === 0 ? VARIANTS : [...VARIANTS].reverse();
+      for (const v of order) {
+        const r = await throughputTrial(ctx, v.system, n, c, v.setup === 'tuned' ? 'tp' : 'tpd', v.setup);
+        ((results[c] ??= { durably: [], 'durably defaults': [], graphile: [] })[v.name]).push(r);
         if (r.violation) violations.push(r.violation);
-        log(`throughput rep ${rep + 1} c=${c} ${system}: enqueue ${r.enqueuePerSec.toFixed(0)}/s, completed ${r.completedPerSec.toFixed(0)}/s${r.ok ? '' : ' NOT EXACTLY ONCE'}`);
+        log(`throughput rep ${rep + 1} c=${c} ${v.name}: enqueue ${r.enqueuePerSec.toFixed(0)}/s, completed ${r.completedPerSec.toFixed(0)}/s${r.ok ? '' : ' NOT EXACTLY ONCE'}`);
       }
     }
   }
@@ -92,17 +103,21 @@ export async function throughput(ctx: BenchContext): Promise<WorkloadResult> {
   const data: Record<string, unknown> = { n, workerProcess: opts.workerProcess, byConcurrency: {} };
   for (const c of opts.throughputConcurrency) {
     const r = results[c];
-    const s = (sys: SystemName, k: 'enqueuePerSec' | 'completedPerSec') => summarize(r[sys].map((t) => t[k]));
-    const ratio = (k: 'enqueuePerSec' | 'completedPerSec') => s('durably', k).median / s('graphile', k).median;
-    for (const sys of ['durably', 'graphile'] as SystemName[]) {
-      rows.push([`${sys} c=${c}`, fmtSummary(s(sys, 'enqueuePerSec')), fmtSummary(s(sys, 'completedPerSec')),
-        r[sys].every((t) => t.ok) ? 'yes' : 'NO']);
+    const s = (v: Variant, k: 'enqueuePerSec' | 'completedPerSec') => summarize(r[v].map((t) => t[k]));
+    const ratio = (v: Variant, k: 'enqueuePerSec' | 'completedPerSec') => s(v, k).median / s('graphile', k).median;
+    for (const v of VARIANTS) {
+      rows.push([`${v.name} c=${c}`, fmtSummary(s(v.name, 'enqueuePerSec')), fmtSummary(s(v.name, 'completedPerSec')),
+        r[v.name].every((t) => t.ok) ? 'yes' : 'NO']);
     }
-    rows.push([`ratio durably÷graphile c=${c}`, `${ratio('enqueuePerSec').toFixed(2)}×`, `${ratio('completedPerSec').toFixed(2)}×`, '']);
+    rows.push([`ratio durably÷graphile c=${c}`, `${ratio('durably', 'enqueuePerSec').toFixed(2)}×`, `${ratio('durably', 'completedPerSec').toFixed(2)}×`, '']);
+    const defaults = ratio('durably defaults', 'completedPerSec');
+    rows.push([`ratio durably defaults÷graphile tuned c=${c} (target ≥ 1.0)`, '', `${defaults.toFixed(2)}×${defaults >= 1 ? '' : ' (below target)'}`, '']);
+    const summary = (v: Variant) => ({ enqueuePerSec: s(v, 'enqueuePerSec'), completedPerSec: s(v, 'completedPerSec'), ok: r[v].every((t) => t.ok) });
     (data.byConcurrency as Record<string, unknown>)[c] = {
-      durably: { enqueuePerSec: s('durably', 'enqueuePerSec'), completedPerSec: s('durably', 'completedPerSec'), ok: r.durably.every((t) => t.ok) },
-      graphile: { enqueuePerSec: s('graphile', 'enqueuePerSec'), completedPerSec: s('graphile', 'completedPerSec'), ok: r.graphile.every((t) => t.ok) },
-      ratio: { enqueue: ratio('enqueuePerSec'), completed: ratio('completedPerSec') },
+      durably: summary('durably'),
+      durablyDefaults: summary('durably defaults'),
+      graphile: summary('graphile'),
+      ratio: { enqueue: ratio('durably', 'enqueuePerSec'), completed: ratio('durably', 'completedPerSec'), defaultsCompleted: defaults },
     };
   }
   return {

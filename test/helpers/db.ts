@@ -42,3 +42,29 @@ export async function testDatabase(): Promise<TestDatabase> {
 function harnessPool(url: string, max: number): Sql {
   return postgres(url, { max, onnotice: () => {}, connection: { application_name: 'test-harness' } }) as unknown as Sql;
 }
+
+/**
+ * The tables test/fixtures/worker.ts writes: one row per run (executions)
+ * and the side effect, once per invocation (effects).
+ */
+export async function createWorkerTables(sql: Sql): Promise<void> {
+  await sql`create table executions (
+    id serial primary key, invocation_id text not null, worker_name text not null, attempt integer not null,
+    started_at timestamptz not null default clock_timestamp())`;
+  await sql`create table effects (
+    invocation_id text primary key, worker_name text not null, at timestamptz not null default clock_timestamp())`;
+}
+
+/** Counts calls of durably's functions on this database, in the connections opened from now on (functionCalls). */
+export async function trackFunctionCalls(sql: Sql): Promise<void> {
+  const [{ name }] = await sql<{ name: string }[]>`select current_database() as name`;
+  await sql.unsafe(`alter database ${name} set track_functions = 'all'`);
+}
+
+/** Calls of the durably functions `names`, as reported by the backends so far (pg_stat_user_functions). */
+export async function functionCalls(sql: Sql, names: string[]): Promise<number> {
+  const [{ calls }] = await sql<{ calls: number }[]>`
+    select coalesce(sum(calls), 0)::int as calls from pg_stat_user_functions
+     where schemaname = 'durably' and funcname = any(${names})`;
+  return calls;
+}

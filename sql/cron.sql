@@ -1,4 +1,4 @@
--- durably cron: the schedule math, in SQL.
+-- durably cron: the schedule math, in SQL (type durably.cron_spec: migration 0002).
 --
 -- durably.cron_next(expr, after, tz) is the first instant strictly after
 -- `after` at which the cron expression fires, read in the IANA zone `tz`.
@@ -102,24 +102,10 @@
 -- knows, except POSIX-style offsets such as UTC+5, rejected because their
 -- sign is the reverse of what people mean (use Etc/GMT-5 or a city).
 
-create type durably.cron_spec as (
-  seconds        bigint,   -- bits 0-59
-  minutes        bigint,   -- bits 0-59
-  hours          integer,  -- bits 0-23
-  days           bigint,   -- bits 1-31
-  months         integer,  -- bits 1-12
-  weekdays       integer,  -- bits 0-6, Sunday = 0
-  last_weekdays  integer,  -- bits 0-6: nL, the last such weekday of the month
-  nth_weekday    integer,  -- w#n: n (1-5), 0 when not used
-  last_day       boolean,  -- L in day of month
-  dom_restricted boolean,  -- day of month not written * or ?
-  dow_restricted boolean   -- day of week not written * or ?
-);
-
 -- Count trailing zeros of a positive mask: the position of its lowest set bit.
 -- (p & -p) isolates that bit; a power of two is exact in float8, so the
 -- rounded logarithm is exact. Plain SQL so that it is inlined.
-create function durably.cron_ctz(p_mask bigint) returns integer
+create or replace function durably.cron_ctz(p_mask bigint) returns integer
 language sql immutable parallel safe
 as $$ select round(ln((p_mask & -p_mask)::float8) / 0.6931471805599453)::integer $$;
 
@@ -128,7 +114,7 @@ as $$ select round(ln((p_mask & -p_mask)::float8) / 0.6931471805599453)::integer
 -- Plain string functions rather than capturing regular expressions: these
 -- run for every evaluation of a non-constant expression, and PostgreSQL's
 -- regex engine is slow at reporting captures.
-create function durably.cron_field(p_text text, p_field text, p_min integer, p_max integer, p_expr text)
+create or replace function durably.cron_field(p_text text, p_field text, p_min integer, p_max integer, p_expr text)
 returns bigint
 language plpgsql immutable strict parallel safe
 as $$
@@ -240,7 +226,7 @@ end
 $$;
 
 -- Parses and validates an expression (or macro) into a durably.cron_spec.
-create function durably.cron_compile(p_expr text) returns durably.cron_spec
+create or replace function durably.cron_compile(p_expr text) returns durably.cron_spec
 language plpgsql immutable strict parallel safe
 as $$
 declare
@@ -356,7 +342,7 @@ $$;
 
 -- The first wall-clock time >= p_from (whole seconds) that matches, or null
 -- when there is none within 400 years. Pure calendar arithmetic, no zone.
-create function durably.cron_next_wall(p_spec durably.cron_spec, p_from timestamp)
+create or replace function durably.cron_next_wall(p_spec durably.cron_spec, p_from timestamp)
 returns timestamp
 language plpgsql immutable strict parallel safe
 as $$
@@ -471,7 +457,7 @@ $$;
 -- The first instant in (p_lo, p_hi] whose UTC offset in p_tz differs from
 -- p_lo's (the caller knows p_hi's differs): binary search to the second.
 -- Only used near DST transitions.
-create function durably.cron_transition(p_lo timestamptz, p_hi timestamptz, p_tz text)
+create or replace function durably.cron_transition(p_lo timestamptz, p_hi timestamptz, p_tz text)
 returns timestamptz
 language plpgsql stable strict parallel safe
 as $$
@@ -496,7 +482,7 @@ end
 $$;
 
 -- Wall time of p_at in p_tz, raising DU002 for an unknown zone.
-create function durably.cron_local(p_at timestamptz, p_tz text) returns timestamp
+create or replace function durably.cron_local(p_at timestamptz, p_tz text) returns timestamp
 language plpgsql stable strict parallel restricted
 as $$
 begin
@@ -513,7 +499,7 @@ $$;
 
 -- cron_next for an already compiled expression. See the header for the DST
 -- rules; "offset" below is the zone's UTC offset (wall time - UTC).
-create function durably.cron_next_compiled(p_spec durably.cron_spec, p_after timestamptz, p_tz text)
+create or replace function durably.cron_next_compiled(p_spec durably.cron_spec, p_after timestamptz, p_tz text)
 returns timestamptz
 language plpgsql stable strict parallel restricted
 as $$
@@ -633,13 +619,13 @@ $$;
 -- The first instant strictly after p_after at which p_expr fires in p_tz.
 -- Plain SQL so that it is inlined: with a constant expression the planner
 -- compiles it once per query, not once per row.
-create function durably.cron_next(p_expr text, p_after timestamptz, p_tz text default 'UTC')
+create or replace function durably.cron_next(p_expr text, p_after timestamptz, p_tz text default 'UTC')
 returns timestamptz
 language sql stable parallel restricted
 as $$ select durably.cron_next_compiled(durably.cron_compile(p_expr), p_after, p_tz) $$;
 
 -- The next p_n firings after p_after (previews).
-create function durably.cron_next_n(p_expr text, p_after timestamptz, p_tz text, p_n integer)
+create or replace function durably.cron_next_n(p_expr text, p_after timestamptz, p_tz text, p_n integer)
 returns setof timestamptz
 language plpgsql stable strict parallel restricted
 as $$
@@ -658,7 +644,7 @@ $$;
 
 -- The expanded field sets of an expression, for display and validation.
 -- Raises DU002 when it is invalid.
-create function durably.cron_parse(
+create or replace function durably.cron_parse(
   p_expr text,
   out seconds integer[], out minutes integer[], out hours integer[],
   out days_of_month integer[], out months integer[], out days_of_week integer[],
@@ -685,7 +671,7 @@ $$;
 
 -- True for a valid expression and zone; raises DU002 naming the problem
 -- otherwise (usable in a check constraint).
-create function durably.cron_validate(p_expr text, p_tz text default 'UTC')
+create or replace function durably.cron_validate(p_expr text, p_tz text default 'UTC')
 returns boolean
 language plpgsql stable strict parallel restricted
 as $$

@@ -1,0 +1,153 @@
+/**
+ * Resume delay under a backlog: one group, one worker (concurrency 10)
+ * draining a backlog of ready no-op invocations that a feeder keeps at its
+ * size (resumeBacklog: 100,000) while resumeWorkflows workflows of the same
+ * group, started before the backlog arrived, suspend and resume: half sleep
+ * (durable timers: inProcessSleepMs 0, so every sleep suspends), half await
+ * an external promise that the bench resolves. Each waits twice: once until
+ * a moment of its own (1 s + 20 ms x its number after it first ran: the
+ * resumptions come at a steady rate, not all at once), then 50 ms.
+ * Resume delay = from the timer's due time (a step stores it just before the
+ * sleep, so it is a few ms early) or the resolve being sent (before its
+ * commit) to the workflow running again after its await: both overstated.
+ * Target: p99 ≤ 50 ms. durably only: graphile-worker has no suspended jobs.
+ */
+import { Durably } from '../../src/durably.js';
+import { connect } from '../../src/db.js';
+import type { Context } from '../../src/context.js';
+import { invokeMany } from '../lib/db.js';
+import { GROUP, POLL_MS } from '../lib/systems.js';
+import { fmt, percentiles, sleep, table, type Percentiles } from '../lib/stats.js';
+import type { BenchContext, WorkloadResult } from '../lib/context.js';
+
+const CONCURRENCY = 10;
+const WAIT_MS = 50;
+const SPREAD_FIRST_MS = 1000;
+const SPREAD_EVERY_MS = 20;
+const FEED_EVERY_MS = 20;
+
+interface ResumeTrial { timer: Percentiles; external: Percentiles; all: Percentiles; drainedPerSec: number; readyAtEnd: number; ok: boolean }
+
+async function resumeTrial(ctx: BenchContext): Promise<ResumeTrial> {
+  const { dbs, opts } = ctx;
+  const url = await dbs.fresh('durably', 'resume');
+  const sql = connect(url, { max: 2, name: 'bench-resume' });
+  // the resolves' own pool: not queued behind the feeder's inserts
+  const resolver = connect(url, { max: 4, name: 'bench-resolve' });
+  const delays = { timer: [] as number[], external: [] as number[] };
+  const resolvedAt = new Map<string, number>();
+  let jobsStarted = 0;
+  let finished = 0;
+  const worker = new Durably({
+    // prefetch at its default (2 x concurrency): a woken execution is claimed when the
+    // local queue runs low, so it waits for what a larger prefetch claimed ahead
+    url, group: GROUP, concurrency: CONCURRENCY, pollMs: POLL_MS,
+    inProcessSleepMs: 0, log: () => {},
+  });
+  worker.register('noop', async () => { jobsStarted++; return null; });
+  // Workflow i waits twice: first until SPREAD_FIRST_MS + i * SPREAD_EVERY_MS after it first ran, so
+  // that wake-ups come at a steady rate and not all at once, then WAIT_MS.
+  const waits = (i: number) => [SPREAD_FIRST_MS + i * SPREAD_EVERY_MS, WAIT_MS];
+  // A wait is measured when the workflow first gets past it: later replays pass it again at once.
+  const passed = new Set<string>();
+  const measure = (kind: keyof typeof delays, key: string, since: number) => {
+    if (passed.has(key)) return;
+    passed.add(key);
+    delays[kind].push(Date.now() - since);
+  };
+  worker.register('sleeper', async (c: Context, i: number) => {
+    for (const [n, ms] of waits(i).entries()) {
+      const due = await c.run(() => Date.now() + ms);
+      await c.sleep(ms);
+      measure('timer', `${c.id}:${n}`, due);
+    }
+    finished++;
+    return null;
+  });
+  worker.register('awaiter', async (c: Context, i: number) => {
+    for (const ms of waits(i)) {
+      const ext = await c.promise<null>();
+      // Resolved once, ms after it was first made (a replay makes it again), timed
+      // from when the resolve is sent: before its commit.
+      if (!resolvedAt.has(ext.id)) {
+        resolvedAt.set(ext.id, Infinity);
+        setTimeout(() => {
+          resolvedAt.set(ext.id, Date.now());
+          void resolver`select from durably.resolve(${ext.id})`;
+        }, ms);
+      }
+      await ext.result();
+      measure('external', ext.id, resolvedAt.get(ext.id)!);
+    }
+    finished++;
+    return null;
+  });
+  let feeding = true;
+  try {
+    const half = opts.resumeWorkflows / 2;
+    // Migrated and warm before the workflows are made.
+    await worker.promises.search('__warmup__', { limit: 1 });
+    await invokeMany(sql, Array.from({ length: half }, (_, i) => `s-${i}`), 'sleeper', (i) => [i], GROUP);
+    await invokeMany(sql, Array.from({ length: half }, (_, i) => `a-${i}`), 'awaiter', (i) => [i], GROUP);
+    await invokeMany(sql, Array.from({ length: opts.resumeBacklog }, (_, i) => `b-${i}`), 'noop', () => [], GROUP, 10_000);
+    await sql`analyze durably.tasks`;
+    await dbs.checkpoint();
+
+    // Keeps the backlog at its size: as many new no-ops as were started.
+    let fedFor = 0;
+    let tick = 0;
+    const feeder = (async () => {
+      while (feeding) {
+        const n = jobsStarted - fedFor;
+        if (n > 0) {
+          fedFor += n;
+          await invokeMany(sql, Array.from({ length: n }, (_, i) => `f-${tick}-${i}`), 'noop', () => [], GROUP, 5000);
+          tick++;
+        }
+        await sleep(FEED_EVERY_MS);
+      }
+    })();
+    const t0 = performance.now();
+    await worker.start();
+    const deadline = Date.now() + 120_000;
+    while (finished < opts.resumeWorkflows && Date.now() < deadline) await sleep(20);
+    const seconds = (performance.now() - t0) / 1000;
+    feeding = false;
+    await feeder;
+    const [{ ready }] = await sql<{ ready: number }[]>`select count(*)::int as ready from durably.tasks where state = 'ready'`;
+    const all = [...delays.timer, ...delays.external];
+    return {
+      timer: percentiles(delays.timer), external: percentiles(delays.external), all: percentiles(all),
+      drainedPerSec: jobsStarted / seconds, readyAtEnd: ready, ok: finished === opts.resumeWorkflows,
+    };
+  } finally {
+    feeding = false;
+    await worker.stop();
+    await sql.end({ timeout: 2 });
+    await resolver.end({ timeout: 2 });
+    await dbs.drop(url);
+  }
+}
+
+export async function resume(ctx: BenchContext): Promise<WorkloadResult> {
+  const { opts } = ctx;
+  ctx.log(`resume: backlog ${opts.resumeBacklog}, ${opts.resumeWorkflows} workflows`);
+  const trials: ResumeTrial[] = [];
+  for (let r = 0; r < opts.reps; r++) trials.push(await resumeTrial(ctx));
+  const row = (label: string, p: Percentiles) => [label, String(p.n), fmt(p.p50, 1), fmt(p.p90, 1), fmt(p.p99, 1), fmt(p.max, 1)];
+  const rows = trials.flatMap((t, i) => [
+    row(`rep ${i + 1} timer`, t.timer), row(`rep ${i + 1} external`, t.external), row(`rep ${i + 1} all`, t.all),
+  ]);
+  const worst = Math.max(...trials.map((t) => t.all.p99));
+  return {
+    name: 'resume',
+    tables: [
+      table(`Resume delay (ms) with ${opts.resumeBacklog} ready tasks in the same group (target p99 ≤ 50 ms)`,
+        ['', 'n', 'p50', 'p90', 'p99', 'max'], rows),
+      table('Backlog while resuming', ['rep', 'no-ops drained/s', 'ready at end'],
+        trials.map((t, i) => [String(i + 1), fmt(t.drainedPerSec, 0), String(t.readyAtEnd)])),
+    ],
+    data: { trials, worstP99Ms: worst },
+    violations: trials.filter((t) => !t.ok).map(() => 'resume: not every workflow finished within 120 s'),
+  };
+}

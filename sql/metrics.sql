@@ -12,6 +12,8 @@
 --   durably_workers{group,status}            workers per group and status (durably.worker_status)
 --   durably_schedule_lag_seconds{schedule}   how late the latest tick was created, or how
 --                                            overdue the next one is while it has not been
+--   durably_lease_expirations_total{group}   leases found expired by a claim (a counter:
+--                                            durably.lease_expirations, kept by durably.lease_expired)
 create or replace function durably.metric_samples()
 returns table (metric text, labels jsonb, value double precision)
 language sql stable as $$
@@ -53,4 +55,7 @@ language sql stable as $$
                  )::double precision
     from durably.schedules s
     left join durably.promises p on p.id = s.last_promise_id
+  union all
+  select 'durably_lease_expirations_total', jsonb_build_object('group', c.group_name), c.total::double precision
+    from durably.lease_expirations c
 $$;

@@ -79,7 +79,8 @@ end $$;
 -- Picks, rewrites and joins by sequence number, and returns it for the
 -- settlement. Also returned, for traces and metrics: the invocation's trace
 -- context, how long the task had been runnable (ready_seconds: since it was
--- due, woken, or its lease ran out) and whether its previous lease expired.
+-- due, woken, or its lease ran out). Expired leases are counted in
+-- durably.lease_expirations.
 -- The return type changed: dropped first (settle_and_claim returns the same).
 drop function if exists durably.settle_and_claim(uuid, text, integer, integer, text[], text[], jsonb[], bigint[]);
 drop function if exists durably.claim_tasks(uuid, text, integer, integer);

@@ -1,6 +1,6 @@
 /**
- * Metrics: what this process counts (invocations, durations, retries, lease
- * expirations) and what the database knows (tasks, workers, schedule lag,
+ * Metrics: what this process counts (invocations, durations, retries) and
+ * what the database knows (tasks, workers, schedule lag, lease expirations:
  * durably.metric_samples()), rendered as the Prometheus text exposition.
  * The counts are also recorded through the OpenTelemetry metrics API when
  * the application registered a meter provider.
@@ -82,7 +82,6 @@ function labelSet(names: readonly string[], values: readonly string[]): string {
 interface OtelInstruments {
   started: OtelCounter;
   completed: OtelCounter;
-  leaseExpirations: OtelCounter;
   retries: OtelCounter;
   execution: OtelHistogram;
   step: OtelHistogram;
@@ -95,7 +94,6 @@ export interface StartedTask {
   attempt: number;
   history: unknown;
   ready_seconds: number;
-  lease_expired: boolean;
 }
 
 const COMPLETED: ReadonlySet<ExecutionOutcome> = new Set(['resolved', 'rejected', 'canceled', 'timedout']);
@@ -112,8 +110,6 @@ export class Metrics {
     'Duration of each executed ctx.run step (steps handed back by a replay are not counted)', ['function']);
   private readonly startDelay = new HistogramFamily('durably_start_delay_seconds',
     'From a task becoming runnable (due, woken, or its lease expired) to its execution starting', ['group']);
-  private readonly leaseExpirations = new CounterFamily('durably_lease_expirations_total',
-    'Tasks this process claimed after another worker\'s lease on them expired', ['group']);
   private readonly retries = new CounterFamily('durably_retries_total',
     'Failed executions put back for another attempt', ['function', 'group']);
   private otelProvider?: MeterProvider;
@@ -121,15 +117,11 @@ export class Metrics {
   /** When to look for a registered meter provider again (a look costs more than a count). */
   private otelCheckAt = 0;
 
-  /** A task's execution starts: its start delay, a lease that expired before, a first run. */
+  /** A task's execution starts: its start delay, a first run. */
   executionStarted(task: StartedTask, group: string): void {
     const otel = this.instruments();
     this.startDelay.observe([group], task.ready_seconds);
     otel?.startDelay.record(task.ready_seconds, { group });
-    if (task.lease_expired) {
-      this.leaseExpirations.inc([group]);
-      otel?.leaseExpirations.add(1, { group });
-    }
     if (task.attempt === 1 && task.history === null) {
       this.started.inc([task.func, group]);
       otel?.started.add(1, { function: task.func, group });
@@ -157,7 +149,7 @@ export class Metrics {
 
   /** This process's instruments in the text exposition. */
   render(out: string[]): void {
-    for (const f of [this.started, this.completed, this.retries, this.leaseExpirations]) f.render(out);
+    for (const f of [this.started, this.completed, this.retries]) f.render(out);
     for (const f of [this.execution, this.step, this.startDelay]) f.render(out);
   }
 
@@ -177,7 +169,6 @@ export class Metrics {
       this.otel = {
         started: meter.createCounter('durably.invocations.started', { description: this.started.help }),
         completed: meter.createCounter('durably.invocations.completed', { description: this.completed.help }),
-        leaseExpirations: meter.createCounter('durably.lease_expirations', { description: this.leaseExpirations.help }),
         retries: meter.createCounter('durably.retries', { description: this.retries.help }),
         execution: meter.createHistogram('durably.execution.duration', { unit: 's', description: this.execution.help }),
         step: meter.createHistogram('durably.step.duration', { unit: 's', description: this.step.help }),
@@ -188,16 +179,18 @@ export class Metrics {
   }
 }
 
-/** The gauges durably.metric_samples() returns, in the order they are rendered. */
-const GAUGES: Record<string, string> = {
-  durably_tasks: 'Tasks (pending invocations) per group and state: ready, claimed, suspended',
-  durably_oldest_ready_seconds: 'How long the longest-waiting runnable task of a group has waited (0: none waits)',
-  durably_workers: 'Workers per group and status: active, stale, stopped',
-  durably_schedule_lag_seconds: 'How late the latest tick of a schedule was created, or how overdue its next tick is',
+/** What durably.metric_samples() returns, in the order it is rendered: its type and help. */
+const DATABASE_METRICS: Record<string, ['gauge' | 'counter', string]> = {
+  durably_tasks: ['gauge', 'Tasks (pending invocations) per group and state: ready, claimed, suspended'],
+  durably_oldest_ready_seconds: ['gauge', 'How long the longest-waiting runnable task of a group has waited (0: none waits)'],
+  durably_workers: ['gauge', 'Workers per group and status: active, stale, stopped'],
+  durably_schedule_lag_seconds: ['gauge', 'How late the latest tick of a schedule was created, or how overdue its next tick is'],
+  durably_lease_expirations_total: ['counter',
+    'Leases found expired by a claim, across all workers, whatever became of the task (run again, retried later, or rejected after its last attempt)'],
 };
 
 /**
- * The Prometheus text exposition: the database's gauges, and the instruments
+ * The Prometheus text exposition: the database's gauges and counters, and the instruments
  * of `metrics` (a Durably instance's) when given. What the dashboard serves
  * at /metrics, and what `durably.metrics()` returns.
  */
@@ -205,8 +198,8 @@ export async function renderMetrics(sql: Sql, metrics?: Metrics): Promise<string
   const rows = await sql<{ metric: string; labels: Record<string, string>; value: number }[]>`
     select metric, labels, value from durably.metric_samples()`;
   const out: string[] = [];
-  for (const [name, help] of Object.entries(GAUGES)) {
-    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+  for (const [name, [type, help]] of Object.entries(DATABASE_METRICS)) {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const r of rows) {
       if (r.metric === name) out.push(`${name}${labelSet(Object.keys(r.labels), Object.values(r.labels))} ${r.value}`);
     }

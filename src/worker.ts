@@ -54,7 +54,6 @@ interface ClaimedTask {
   trace_context: unknown;
   /** Seconds the task had been runnable when it was claimed. */
   ready_seconds: number;
-  lease_expired: boolean;
   /** From execute() to the attempt's outcome: its span (with an SDK registered) and start. */
   span?: ExecutionSpan;
   startedAt?: number;

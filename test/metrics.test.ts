@@ -12,7 +12,7 @@ import parsePrometheusTextFormat, { type MetricFamily, type Sample } from 'parse
 import { metrics as otelMetrics } from '@opentelemetry/api';
 import { MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import { Durably, InvalidArgumentError, type Context } from '../src/index.js';
-import { Metrics } from '../src/metrics.js';
+import { Metrics, renderMetrics } from '../src/metrics.js';
 import { testDatabase } from './helpers/db.js';
 import { within } from './helpers/processes.js';
 
@@ -117,24 +117,40 @@ test('counters are exact: after known work on a worker, /metrics says exactly th
   assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
 });
 
-test('a task claimed after another worker\'s lease on it expired counts as a lease expiration', async (t) => {
+test('lease expirations are counted by the database, whatever becomes of the task', async (t) => {
   const group = uid('expiry');
-  const id = uid('expired');
-  const d = worker(t, group);
-  d.register('ok', async () => 'done');
-  // retried at once after its lease expires (a delayed retry is claimed later, as a ready task)
-  await sql`select * from durably.invoke(${id}, 'ok', '[]', ${group}, '{"retry": {"kind": "constant", "delayMs": 0}}')`;
+  const [again, later, exhausted] = [uid('again'), uid('later'), uid('exhausted')];
+  const policies: Record<string, unknown> = {
+    [again]: { kind: 'constant', delayMs: 0 }, // run again at once, by the claim that found it
+    [later]: { kind: 'constant', delayMs: 60_000 }, // put back for a minute
+    [exhausted]: { kind: 'constant', delayMs: 0, maxAttempts: 1 }, // its last attempt: rejected
+  };
+  for (const [id, retry] of Object.entries(policies)) {
+    await sql`select * from durably.invoke(${id}, 'ok', '[]', ${group}, ${sql.json({ retry } as never)})`;
+  }
+  // A worker that claims all three and dies.
   const dead = '00000000-0000-0000-0000-00000000de0d';
   await sql`select durably.register_worker(${dead}::uuid, ${group}, 'gone', 0, '{ok}', 200)`;
-  const [claimed] = await sql`select id from durably.claim_tasks(${dead}::uuid, ${group}, 1, 200)`;
-  assert.equal(claimed.id, id);
+  const claimed = await sql`select id from durably.claim_tasks(${dead}::uuid, ${group}, 3, 200)`;
+  assert.equal(claimed.length, 3);
   await delay(250);
+
+  const d = worker(t, group);
+  d.register('ok', async () => 'done');
   await d.start();
-  assert.equal(await within((await d.get(id)).result(), 10_000, 'the expired task'), 'done');
+  assert.equal(await within((await d.get(again)).result(), 10_000, 'the task run again'), 'done');
+  await assert.rejects(within((await d.get(exhausted)).result(), 10_000, 'the exhausted task'), { name: 'LeaseExpiredError' });
+  const [task] = await sql`select state, available_at > now() + interval '30 seconds' as put_back from durably.tasks where promise_id = ${later}`;
+  assert.deepEqual({ ...task }, { state: 'ready', put_back: true });
+
+  // Counted once each, by any scrape (not only the process that found them).
+  const scrape = async () => parsePrometheusTextFormat(await renderMetrics(sql));
+  assert.equal(value(await scrape(), 'durably_lease_expirations_total', { group }), 3);
+  assert.ok((await renderMetrics(sql)).includes('# TYPE durably_lease_expirations_total counter'));
   const text = await d.metrics();
   const m = parsePrometheusTextFormat(text);
-  assert.equal(value(m, 'durably_lease_expirations_total', { group }), 1);
-  assert.equal(value(m, 'durably_invocations_started_total', { function: 'ok', group }), 0, 'its first run was elsewhere');
+  assert.equal(value(m, 'durably_lease_expirations_total', { group }), 3);
+  assert.equal(value(m, 'durably_invocations_started_total', { function: 'ok', group }), 0, 'their first runs were elsewhere');
   assert.equal(value(m, 'durably_invocations_completed_total', { function: 'ok', group, outcome: 'resolved' }), 1);
   const startDelay = histogram(text, 'durably_start_delay_seconds', { group });
   assert.equal(startDelay.count, 1);

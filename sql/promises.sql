@@ -84,7 +84,10 @@ end $$;
 create or replace function durably.create_invocations(
   p_ids text[], p_funcs text[], p_args jsonb[], p_group text, p_opts jsonb default '{}'
 ) returns table (id text, state text, value jsonb, timeout_at timestamptz, created boolean)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_timeout_at timestamptz;
   v_available  timestamptz;
@@ -216,7 +219,10 @@ create or replace function durably.create_promise(
   p_timeout_ms bigint default null
 ) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz,
                  created boolean, db_now timestamptz)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 begin
   if p_kind is distinct from 'external' or p_parent_id is not null or p_state is distinct from 'pending' then
     raise exception using errcode = 'DU002', message = format(
@@ -243,7 +249,10 @@ create or replace function durably.create_child_promise(
   p_func text default null, p_tags jsonb default '{}'
 ) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz,
                  created boolean, db_now timestamptz)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 begin
   perform durably.check_ids(array[p_id]);
   if p_timeout_at is null and p_timeout_ms is null then
@@ -296,7 +305,10 @@ create or replace function durably.create_steps(
   p_settle_ids text[] default null, p_settle_states text[] default null, p_settle_values jsonb[] default null,
   p_settle_seqs bigint[] default null
 ) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz, error text)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_created text[];
   r         record;
@@ -358,7 +370,10 @@ end $$;
 -- settlement passes here).
 create or replace function durably.settle_many(p_ids text[], p_states text[], p_values jsonb[], p_seqs bigint[] default null)
 returns table (id text)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_settled text[];
   v_seqs    bigint[];
@@ -508,7 +523,10 @@ $$;
 -- written again.
 create or replace function durably.await_promise(p_id text)
 returns setof durably.promises
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 begin
   update durably.promises p set awaited = true where p.id = p_id and p.state = 'pending' and not p.awaited;
   return query select * from durably.promises p where p.id = p_id;
@@ -558,7 +576,10 @@ end $$;
 -- deadlines, oldest first, settled by the sequence numbers the join found.
 create or replace function durably.expire_promises(p_limit integer default 1000)
 returns integer
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_ids text[];
   v_seqs bigint[];

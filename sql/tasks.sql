@@ -93,6 +93,19 @@ language plpgsql
 -- statistics (a new table, autovacuum off) the function filter makes the
 -- planner expect one row and read every due task into a bitmap and a sort.
 set enable_bitmapscan = off
+-- Every statement of the hot path finds its rows by key (sequence number,
+-- id, or an index in claim order). PL/pgSQL caches a connection's plans: one
+-- made while the tables were nearly empty (a new install before its first
+-- ANALYZE, or with autovacuum off) reads whole tables once they have grown,
+-- and is kept. Under a steady stream of invocations into a new database a
+-- claim of 100 took 12 ms by sequential scans instead of 1, and the worker
+-- fell behind a quarter of its capacity. Planned without sequential scans,
+-- the functions of the hot path are right for any table size. A small table
+-- with no index to use is still read whole, at a cost the planner then puts
+-- far above jit_above_cost: without jit = off every such call would compile
+-- its plan (33 ms).
+set enable_seqscan = off
+set jit = off
 as $$
 declare
   v_functions text[];
@@ -141,11 +154,13 @@ begin
                      'value', h.value, 'timeout_at', h.timeout_at)), '[]')
               from durably.promises h where h.parent_id = p.id)
          end,
-         p.seq, p.trace_context, extract(epoch from now() - k.ready_at)::double precision
+         p.seq, p.trace_context, extract(epoch from now() - v_ready[array_position(v_seqs, p.seq)])::double precision
     from claimed c join durably.promises p on p.seq = c.promise_seq
-    join unnest(v_seqs, v_ready, v_expired) with ordinality as k(seq, ready_at, expired, n) on k.seq = c.promise_seq
    where p.seq = any(v_claim)
-   order by k.n; -- the order picked: by priority when there are some
+   -- the order picked (by priority when there are some); array_position
+   -- rather than a join to the picked arrays, which the planner makes a
+   -- nested loop of every pair
+   order by array_position(v_seqs, p.seq);
   get diagnostics v_got = row_count;
   perform durably.record_claim(p_worker, p_group, p_limit, v_got);
 end $$;
@@ -301,7 +316,10 @@ create or replace function durably.settle_and_claim(
 ) returns table (id text, func text, args jsonb, state text, timeout_at timestamptz, root_id text,
                  attempt integer, retry jsonb, history json, seq bigint,
                  trace_context jsonb, ready_seconds double precision)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 begin
   perform durably.settle_many(p_ids, p_states, p_values, p_seqs);
   return query select * from durably.claim_tasks(p_worker, p_group, p_limit, p_lease_ms);
@@ -310,7 +328,10 @@ end $$;
 -- Puts a failed execution back with a delay; the attempt counter grows.
 create or replace function durably.retry_task(p_worker uuid, p_id text, p_delay_ms bigint, p_error jsonb)
 returns boolean
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_group text;
   v_func  text;
@@ -341,7 +362,10 @@ end $$;
 -- caller keeps its lease and goes on); 'lost' when the caller's lease is gone.
 create or replace function durably.suspend_task(p_worker uuid, p_id text, p_awaits text[], p_wake_at timestamptz)
 returns text
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_held text[];
 begin

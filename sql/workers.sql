@@ -33,7 +33,10 @@ $$;
 -- no index entry per held task (see sql/tasks.sql).
 create or replace function durably.heartbeat(p_worker uuid, p_lease_ms integer, p_held text[])
 returns table (id text, state text)
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_renewed text[];
 begin
@@ -58,7 +61,10 @@ end $$;
 -- Graceful shutdown: every task the worker holds is ready again at once.
 create or replace function durably.release_tasks(p_worker uuid)
 returns integer
-language plpgsql as $$
+language plpgsql
+set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
+set jit = off
+as $$
 declare
   v_count  integer;
   v_groups text[];

@@ -167,7 +167,10 @@ test('public functions run as their owner with a fixed search_path; none is exec
     assert.equal(r.public_exec, false, `${r.proname} is not executable by PUBLIC`);
     if (r.app_exec) {
       assert.equal(r.prosecdef, true, `${r.proname} (callable by durably_app) is SECURITY DEFINER`);
-      assert.deepEqual(r.proconfig, ['search_path=pg_catalog, pg_temp'], `${r.proname} has a fixed search_path`);
+      assert.ok(r.proconfig?.includes('search_path=pg_catalog, pg_temp'), `${r.proname} has a fixed search_path: ${r.proconfig}`);
+      // besides, at most the planner settings of the hot path
+      assert.deepEqual((r.proconfig ?? []).filter((c) => !c.startsWith('search_path=')).filter((c) => !['enable_seqscan=off', 'jit=off'].includes(c)), [],
+        `${r.proname}: ${r.proconfig}`);
     }
   }
   for (const name of expected) assert.ok(rows.find((r) => r.proname === name)!.app_exec, `durably_app may call ${name}`);

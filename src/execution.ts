@@ -47,9 +47,13 @@ export class Execution {
   /** This attempt's span, when the application registered an OpenTelemetry SDK. */
   trace?: ExecutionSpan;
   private localOps = 0;
+  /** Waiting for the local work in flight to end (see localDone). */
+  private localWaiters: (() => void)[] = [];
   private readonly remote = new Map<string, RemoteWait>();
   private checkScheduled = false;
   private suspending = false;
+  /** The function returned or threw: the execution ends with that outcome and never suspends. */
+  private finished = false;
   private interrupt!: (i: Interrupt) => void;
   /** Settles when the execution suspends or is aborted. */
   readonly interrupted = new Promise<Interrupt>((ok) => { this.interrupt = ok; });
@@ -84,9 +88,21 @@ export class Execution {
     try {
       return await op();
     } finally {
-      this.localOps--;
+      if (--this.localOps === 0) for (const done of this.localWaiters.splice(0)) done();
       this.scheduleCheck();
     }
+  }
+
+  /**
+   * The function has returned or thrown. Resolves once the local work it
+   * started and did not await has ended (a detached beginRpc's invocation,
+   * a step): its outcome is written after them, as nothing more can be made
+   * under a settled promise. From now on the execution never suspends.
+   */
+  finish(): Promise<void> {
+    this.finished = true;
+    if (this.localOps === 0) return Promise.resolve();
+    return new Promise((done) => this.localWaiters.push(done));
   }
 
   /** Waits for promise `id` to settle elsewhere (or for `wakeAt`, for timers). */
@@ -120,7 +136,7 @@ export class Execution {
     // After the microtasks run: by then user code has reached its next await.
     setImmediate(() => {
       this.checkScheduled = false;
-      if (this.localOps === 0 && this.remote.size > 0 && !this.suspending && !this.controller.signal.aborted) {
+      if (this.localOps === 0 && this.remote.size > 0 && !this.suspending && !this.finished && !this.controller.signal.aborted) {
         void this.suspend();
       }
     });

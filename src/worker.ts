@@ -384,13 +384,15 @@ export class Worker {
       Math.min(task.timeout_at.getTime() - Date.now(), 2 ** 31 - 1));
     try {
       const ctx = new Context(exec, task.id, task.attempt, exec.history);
-      const outcome = await Promise.race([
-        Promise.resolve().then(() => withContext(exec.trace?.context, () => registered.fn(ctx, ...task.args))).then(
-          (value) => ({ kind: 'resolved' as const, value }),
-          (error) => ({ kind: 'rejected' as const, error }),
-        ),
-        exec.interrupted,
-      ]);
+      const returned = Promise.resolve().then(() => withContext(exec.trace?.context, () => registered.fn(ctx, ...task.args))).then(
+        (value) => ({ kind: 'resolved' as const, value }),
+        (error) => ({ kind: 'rejected' as const, error }),
+      );
+      let outcome = await Promise.race([returned, exec.interrupted]);
+      if (outcome.kind === 'resolved' || outcome.kind === 'rejected') {
+        const ended = outcome;
+        outcome = await Promise.race([exec.finish().then(() => ended), exec.interrupted]);
+      }
       switch (outcome.kind) {
         case 'suspended':
           this.ended(task, 'suspended');

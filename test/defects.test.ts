@@ -390,3 +390,27 @@ test('invocations made one by one in a statement (a trigger on a bulk insert) re
   // A planner may scan a small table once; a scan per call reads it a thousand times.
   assert.ok(read <= 2 * (rows + 1000), `1,000 calls read ${read} rows of promises by sequential scans (${rows} + 1,000 rows)`);
 });
+
+test('defect: work a function started and did not await is lost when the function returns first', async (t) => {
+  const group = uid('detached');
+  const d = durably(t, { group });
+  d.register('fire_and_return', async (ctx: Context) => {
+    // neither awaited: the function returns at once
+    void ctx.beginRun(async function slow() { await delay(300); return 'stored'; });
+    const child = ctx.beginRpc('child');
+    return child.id;
+  });
+  d.register('child', async () => 'child ran');
+  await d.start();
+  const id = uid('root');
+  const childId = await d.run(id, 'fire_and_return') as string;
+  // Once the function's outcome is written, nothing more can be made under
+  // it: what it started is written first.
+  const rows = await sql<{ id: string; kind: string; state: string; value: unknown }[]>`
+    select id, kind, state, value from durably.promises where parent_id = ${id} order by id`;
+  assert.deepEqual(rows.map((r) => ({ ...r })), [
+    { id: `${id}.0`, kind: 'step', state: 'resolved', value: 'stored' },
+    { id: childId, kind: 'invoke', state: rows[1]?.state, value: rows[1]?.value },
+  ]);
+  assert.equal(await within((await d.get(childId)).result(), 10_000, 'the detached child'), 'child ran');
+});

@@ -220,8 +220,7 @@ create or replace function durably.create_promise(
 ) returns table (id text, kind text, func text, state text, value jsonb, timeout_at timestamptz,
                  created boolean, db_now timestamptz)
 language plpgsql
-set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
-set jit = off
+-- (create_child_promise carries its planner settings)
 as $$
 begin
   if p_kind is distinct from 'external' or p_parent_id is not null or p_state is distinct from 'pending' then

@@ -317,8 +317,7 @@ create or replace function durably.settle_and_claim(
                  attempt integer, retry jsonb, history json, seq bigint,
                  trace_context jsonb, ready_seconds double precision)
 language plpgsql
-set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
-set jit = off
+-- (settle_many and claim_tasks carry their planner settings)
 as $$
 begin
   perform durably.settle_many(p_ids, p_states, p_values, p_seqs);

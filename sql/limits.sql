@@ -9,19 +9,38 @@
 --                external promise) holds none. 0 pauses the key.
 --   rate         at most rate_limit starts (claims) in any rate_period_ms:
 --                a sliding window over durably.limit_starts.
--- A claim locks the limit rows of its candidates (SKIP LOCKED: a key another
--- claim holds waits for the next claim), counts, and admits in priority
--- order. A candidate that a full concurrency limit holds back is parked
+-- A claim locks the keys of its candidates (durably.try_lock_limit_keys: a
+-- key another transaction holds waits for the next claim), counts, and admits
+-- in priority order. A candidate that a full concurrency limit holds back is parked
 -- (ready, available_at far ahead, parked_on = the key) and no longer read by
 -- claims; whatever frees a slot of the key wakes the first parked ones and
 -- NOTIFYs their group. The far-ahead time is one lease from now: should a
 -- wake-up be missed (a slot freed by a lease that ran out), the task is
 -- looked at again then. A candidate a rate limit holds back is made due when
 -- the window lets the next start in.
--- Lock order: tasks, then limits (by key), then parked tasks of those keys.
+-- Lock order: tasks, then limit keys (by key), then parked tasks of those keys.
 --
 -- With no row in durably.limits none of this runs: claims and settlements
 -- check that the table is empty and take the plain path.
+
+-- A limit key is locked by a transaction-level advisory lock on its hash, not
+-- by its row: a turn of a worker locks the keys of a hundred tasks twice
+-- (its settlements, then its claim), and row locks would write each of them
+-- to the table and the WAL. Two keys of the same hash share a lock (they only
+-- wait for each other); locks are taken in the order of the hashes.
+create or replace function durably.lock_limit_keys(p_keys text[]) returns void
+language sql as $$
+  select count(pg_advisory_xact_lock(1685418593, x.h))::integer
+    from (select distinct hashtext(k.key) as h from unnest(p_keys) k(key) order by 1) x
+$$;
+
+-- Of p_keys, the ones locked here, without waiting for the others.
+create or replace function durably.try_lock_limit_keys(p_keys text[]) returns text[]
+language sql as $$
+  select coalesce(array_agg(x.key order by x.key), '{}')
+    from (select distinct k.key from unnest(p_keys) k(key)) x
+   where pg_try_advisory_xact_lock(1685418593, hashtext(x.key))
+$$;
 
 -- The keys that may limit a task.
 create or replace function durably.task_keys(p_key text, p_func text, p_group text) returns text[]
@@ -55,7 +74,7 @@ begin
   end if;
   -- Serializes with claims that park on these keys: a park is either seen
   -- here (it committed) or counted the freed slot (it came after).
-  perform 1 from durably.limits l where l.key = any(p_keys) order by l.key for update;
+  perform durably.lock_limit_keys(p_keys);
   select array_agg(w.promise_seq) into v_wake
     from (select k.key, count(*) as n from unnest(p_keys) k(key) group by k.key) f
     cross join lateral (select p.promise_seq from durably.tasks p
@@ -189,8 +208,7 @@ begin
   end if;
   -- Locked here, then counted in statements of their own (fresh snapshots:
   -- what a claim or release that held the lock before committed is seen).
-  select coalesce(array_agg(x.key), '{}') into v_locked
-    from (select l.key from durably.limits l where l.key = any(v_keys) order by l.key for update skip locked) x;
+  v_locked := durably.try_lock_limit_keys(v_keys);
   -- Rate windows on the clock, not the transaction's start: a claim may have
   -- waited (its settlements go first) before it took these keys, and the
   -- claims of a key follow each other under its lock.
@@ -330,6 +348,12 @@ begin
   if p_rate_period_ms <= 0 then
     raise exception using errcode = 'DU002', message = format('invalid rate period %s ms for %s: more than 0', p_rate_period_ms, p_key);
   end if;
+  -- Once the claims that hold the key (and may park on the old limit) have
+  -- committed: their parked tasks are woken below. A new key has no claim
+  -- counting it yet, and a transaction that creates many takes no locks.
+  if exists (select 1 from durably.limits l where l.key = p_key) then
+    perform durably.lock_limit_keys(array[p_key]);
+  end if;
   insert into durably.limits as l (key, concurrency, rate_limit, rate_period_ms)
   values (p_key, p_concurrency, p_rate_limit, p_rate_period_ms)
   on conflict (key) do update
@@ -342,6 +366,7 @@ create or replace function durably.delete_limit(p_key text) returns boolean
 language plpgsql as $$
 begin
   perform durably.check_limit_key(p_key);
+  perform durably.lock_limit_keys(array[p_key]);
   perform durably.wake_all_parked(p_key);
   delete from durably.limit_starts s where s.key = p_key;
   delete from durably.limits l where l.key = p_key;

@@ -216,17 +216,18 @@ export class Worker {
       try {
         do {
           this.pumpAgain = false;
-          for (;;) {
-            const want = this.limit() - this.running.size - this.queue.length;
-            if (want <= 0 || this.stopping) { this.backlog = true; break; }
-            const sentAt = Date.now();
-            const tasks = await this.claim(want);
+          let claim = this.claimNext();
+          while (claim) {
+            const tasks = await claim.tasks;
             if (this.stopping) break;
-            for (const task of tasks) this.enqueue(task, sentAt);
-            this.drain();
-            this.backlog = tasks.length === want;
+            for (const task of tasks) this.enqueue(task, claim.sentAt);
+            this.backlog = tasks.length === claim.want;
             this.adapt();
-            if (!this.backlog) break;
+            // The next claim goes out before these tasks start (running and
+            // queued together stay the same): the database works on it while
+            // they run here.
+            claim = this.backlog ? this.claimNext() : undefined;
+            this.drain();
           }
         } while (this.pumpAgain && !this.stopping);
       } catch (err) {
@@ -277,6 +278,16 @@ export class Worker {
           select * from durably.settle_and_claim(${this.id}, ${group}, ${want}, ${leaseMs},
             ${a.ids}::text[], ${a.states}::text[], ${a.values}::text[]::jsonb[], ${a.seqs}::text[]::bigint[])`
       : this.sql<ClaimedTask[]>`select * from durably.claim_tasks(${this.id}, ${group}, ${want}, ${leaseMs})`);
+  }
+
+  /** Sends a claim for the room left under limit(), if any (none: a backlog may wait, see pump). */
+  private claimNext(): { want: number; sentAt: number; tasks: Promise<ClaimedTask[]> } | undefined {
+    const want = this.limit() - this.running.size - this.queue.length;
+    if (want <= 0 || this.stopping) {
+      this.backlog = true;
+      return undefined;
+    }
+    return { want, sentAt: Date.now(), tasks: this.claim(want) };
   }
 
   /** Pumps once the executions finishing in this turn have freed their slots: fewer, larger claims. */

@@ -96,7 +96,8 @@ end $$;
 -- The candidates of a claim when flow control is in use (a limit exists or
 -- some task of the group has a priority), in the order to start them:
 --   1. priority above 0, highest first (tasks_priority);
---   2. keys in turn: the oldest due task of each concurrency key, key after
+--   2. keys in turn: the due order as it stands when no key comes twice in
+--      it, else the oldest due task of each concurrency key, key after
 --      key, round after round, for up to half of the claim, so that a key
 --      with a long backlog does not hold back one with a short backlog by
 --      more than a claim or two (tasks_key: a key with nothing due costs one
@@ -116,6 +117,10 @@ declare
   v_progress boolean := true; -- the first round may start past the last key
   v_probes   integer := 0;
   v_turns    integer;
+  v_due         bigint[];
+  v_due_ready   timestamptz[];
+  v_due_expired boolean[];
+  v_in_turn     boolean := false;
   r          record;
 begin
   select coalesce(array_agg(k.promise_seq), '{}'), coalesce(array_agg(k.available_at), '{}'), coalesce(array_agg(k.state = 'claimed'), '{}')
@@ -125,7 +130,28 @@ begin
            order by t.priority desc, t.available_at limit p_limit
              for update skip locked) k;
 
-  v_turns := (p_limit - cardinality(v_taken) + 1) / 2;
+  -- Due order as it stands when no concurrency key comes twice in it: it
+  -- takes from its keys in turn already (many keys with short backlogs), and
+  -- the turns below are not needed. Rows it locked and does not return stay
+  -- locked until the claim ends; the steps below take them again.
+  if cardinality(v_taken) < p_limit then
+    select coalesce(array_agg(k.promise_seq order by k.available_at, k.promise_seq), '{}'),
+           coalesce(array_agg(k.available_at order by k.available_at, k.promise_seq), '{}'),
+           coalesce(array_agg(k.state = 'claimed' order by k.available_at, k.promise_seq), '{}'),
+           count(k.concurrency_key) = count(distinct k.concurrency_key)
+      into v_due, v_due_ready, v_due_expired, v_in_turn
+      from (select t.promise_seq, t.available_at, t.state, t.concurrency_key from durably.tasks t
+             where t.group_name = p_group and t.available_at <= now() and t.func = any(p_functions) and t.priority = 0
+             order by t.available_at limit p_limit - cardinality(v_taken)
+               for update skip locked) k;
+    if v_in_turn then
+      v_taken := v_taken || v_due;
+      v_ready := v_ready || v_due_ready;
+      v_expired := v_expired || v_due_expired;
+    end if;
+  end if;
+
+  v_turns := case when v_in_turn then 0 else (p_limit - cardinality(v_taken) + 1) / 2 end;
   while v_turns > 0 and v_probes < 2 * p_limit loop
     select t.concurrency_key, t.available_at into r
       from durably.tasks t where t.concurrency_key > v_after
@@ -155,7 +181,7 @@ begin
   end loop;
   perform set_config('durably.fair_after', v_after, false);
 
-  if cardinality(v_taken) < p_limit then
+  if cardinality(v_taken) < p_limit and not v_in_turn then
     select v_taken || coalesce(array_agg(k.promise_seq), '{}'), v_ready || coalesce(array_agg(k.available_at), '{}'),
            v_expired || coalesce(array_agg(k.state = 'claimed'), '{}')
       into v_taken, v_ready, v_expired

@@ -370,3 +370,28 @@ test('fairness: claims take keyed work from its keys in turn, so a long backlog 
     `the 10 of the short backlog ran within five claims, behind 1,000 older ones: ${claimed.join(' ')}`);
   assert.ok(claimed.slice(0, 10).includes(`${group}-big-1`), 'the oldest of the long backlog is still taken first');
 });
+
+test('many keys with short backlogs: claims take the due order as it stands, and limits still hold it back', async () => {
+  const group = uid('spread');
+  const worker = randomUUID();
+  await sql`select durably.register_worker(${worker}, ${group}, 'h', 1, '{f}', 5000)`;
+  const keys = Array.from({ length: 20 }, (_, k) => `${group}:k${k}`);
+  await sql`select durably.set_limit(k, 1, null, null) from unnest(${keys}::text[]) k`;
+  try {
+    // round after round over the keys: no key twice in ten due tasks
+    for (let round = 1; round <= 2; round++) {
+      for (const [k, key] of keys.entries()) {
+        await sql`select durably.invoke(${`${group}-${round}-${k}`}, 'f', '[]', ${group}, ${JSON.stringify({ concurrency_key: key })}::text::jsonb)`;
+      }
+    }
+    const claim = async () => (await sql`select id from durably.claim_tasks(${worker}, ${group}, 10, 5000)`).map((r) => r.id as string);
+    assert.deepEqual(await claim(), keys.slice(0, 10).map((_, k) => `${group}-1-${k}`), 'the first ten keys, in due order');
+    assert.deepEqual(await claim(), keys.slice(10).map((_, k) => `${group}-1-${k + 10}`), 'the next ten keys, in due order');
+    assert.deepEqual(await claim(), [], 'every key runs one: the second round waits');
+    assert.deepEqual(await claim(), [], 'also its second half');
+    const [{ parked }] = await sql`select count(*)::int as parked from durably.tasks where group_name = ${group} and parked_on is not null`;
+    assert.equal(parked, 20, 'the second round is parked on its keys');
+  } finally {
+    await sql`select durably.delete_limit(k) from unnest(${keys}::text[]) k`;
+  }
+});

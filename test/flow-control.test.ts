@@ -81,8 +81,10 @@ test('concurrency limits hold across 3 worker processes × concurrency 10, throu
     await client.beginRpc(id, 'limited', key, 120,
       client.options(key === 'none' ? {} : { concurrencyKey: key, priority: i % 2 }));
   }
-  // One is killed in the middle of a run of its own.
-  const running = (child: Child) => runsOf([{ child }]).some((r) => !r.finished);
+  // One is killed in the middle of a run of its own: one that began under
+  // 40 ms ago by its own line (a run lasts 120 ms), so that its end is not
+  // already written to a pipe this process has yet to read.
+  const running = (child: Child) => runsOf([{ child }]).some((r) => !r.finished && Date.now() - r.start < 40);
   await delay(300);
   const victim = await waitFor(() => workers.find(running), { what: 'a run in progress', intervalMs: 5 });
   await victim.kill();

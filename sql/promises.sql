@@ -418,19 +418,11 @@ begin
     return;
   end if;
 
-  -- Slots of limited keys that the settled executions held (sql/limits.sql,
-  -- durably.held_limit_keys), read from the tasks as they go.
+  -- Slots of limited keys that the settled executions held (sql/limits.sql).
   if exists (select 1 from durably.limits) then
-    with gone as (
-      delete from durably.tasks t where t.promise_seq = any(v_seqs)
-      returning t.concurrency_key, t.func, t.group_name, t.state
-    )
-    select array_agg(l.key order by l.key) into v_held
-      from gone g join durably.limits l on l.key = any(durably.task_keys(g.concurrency_key, g.func, g.group_name))
-     where g.state = 'claimed' and l.concurrency is not null;
-  else
-    delete from durably.tasks t where t.promise_seq = any(v_seqs);
+    v_held := durably.held_limit_keys(v_seqs);
   end if;
+  delete from durably.tasks t where t.promise_seq = any(v_seqs);
   delete from durably.deadlines d where d.promise_seq = any(v_seqs);
   perform durably.wake_parked(v_held);
 

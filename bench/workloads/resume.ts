@@ -9,9 +9,9 @@
  * resumptions come at a steady rate, not all at once, and after the first
  * runs of all the workflows, which hold every slot for about a second), then
  * 50 ms. Resume delay = from the timer's deadline (as stored when the sleep
- * began) or the resolve being sent (before its commit) to the workflow
- * running again after its await.
- * Target: p99 ≤ 50 ms. durably only: graphile-worker has no suspended jobs.
+ * began) or the resolve's commit to the workflow running again after its
+ * await (see ResumeTrial; the delay from the resolve being sent is printed
+ * too). Target: p99 ≤ 50 ms. durably only: graphile-worker has no suspended jobs.
  */
 import { Durably } from '../../src/durably.js';
 import { connect } from '../../src/db.js';

@@ -87,6 +87,7 @@ create or replace function durably.create_invocations(
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_timeout_at timestamptz;
@@ -251,6 +252,7 @@ create or replace function durably.create_child_promise(
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 begin
   perform durably.check_ids(array[p_id]);
@@ -307,6 +309,7 @@ create or replace function durably.create_steps(
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_created text[];
@@ -372,6 +375,7 @@ returns table (id text)
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_settled text[];
@@ -525,6 +529,7 @@ returns setof durably.promises
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 begin
   update durably.promises p set awaited = true where p.id = p_id and p.state = 'pending' and not p.awaited;
@@ -578,6 +583,7 @@ returns integer
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_ids text[];

@@ -36,6 +36,7 @@ returns table (id text, state text)
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_renewed text[];
@@ -64,6 +65,7 @@ returns integer
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
+set plan_cache_mode = force_generic_plan -- planned once a connection: see durably.claim_tasks
 as $$
 declare
   v_count  integer;

@@ -69,5 +69,7 @@ begin
                    where coalesce(x.stopped_at, x.heartbeat_at) < now() - p_older_than
                      for update skip locked);
   get diagnostics v_count = row_count;
+  -- rows of forgotten workers (durably.idle_workers has no foreign key)
+  delete from durably.idle_workers i where not exists (select 1 from durably.workers w where w.id = i.worker_id);
   return v_count;
 end $$;

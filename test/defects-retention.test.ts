@@ -137,6 +137,12 @@ test('defect: the workers table only grows', async (t) => {
   await add(ids.silentLongAgo, '2 days', null);
   await add(ids.stoppedRecently, '3 hours', '2 hours');
   await add(ids.silentRecently, '30 minutes', null);
+  // recorded idle (durably.idle_workers has no foreign key: pruning removes these rows itself)
+  for (const id of [ids.silentLongAgo, ids.stoppedRecently, ids.silentRecently]) {
+    await db.sql`insert into durably.idle_workers (worker_id, group_name, free) values (${id}, 'g', 1)`;
+  }
+  const idle = async () => (await db.sql<{ worker_id: string }[]>`select worker_id from durably.idle_workers order by worker_id`)
+    .map((r) => r.worker_id).filter((id) => id.startsWith('00000000'));
 
   // Every worker forgets them in its periodic pass, retention of results or not.
   const d = durably(t, db, { group: 'forgetful', retentionMs: null });
@@ -148,6 +154,7 @@ test('defect: the workers table only grows', async (t) => {
   assert.deepEqual(left.filter((id) => id.startsWith('00000000')), [ids.stoppedRecently, ids.silentRecently]);
   const [{ n }] = await db.sql<{ n: number }[]>`select durably.prune_workers('1 hour') as n`;
   assert.equal(n, 1, 'with a retention of an hour, the one stopped two hours ago');
+  assert.deepEqual(await idle(), [ids.silentRecently], 'the idle rows of the workers forgotten are gone');
 });
 
 test('bad input to the pruning procedures: DU002 naming the problem, nothing deleted', async () => {

@@ -187,8 +187,10 @@ function summarizeTargets(results: WorkloadResult[], ceil: Ceiling | undefined) 
       const what = c.retained
         ? `${c.retained.toLocaleString('en-US')} settled retained`
         : `${c.n.toLocaleString('en-US')} pending`;
-      targets.push({ target: `backlog completed/s with ${what} within 20 % of ${first.n.toLocaleString('en-US')} pending`,
-        measured: `${(c.vsFirst * 100).toFixed(0)} % (${c.durably.median.toFixed(0)} vs ${first.durably.median.toFixed(0)} /s)`, met: c.vsFirst >= 0.8 });
+      // 1M pending: at least 90 %; the others within 20 %
+      const bar = !c.retained && c.n >= 1_000_000 ? 0.9 : 0.8;
+      targets.push({ target: `backlog completed/s with ${what} ≥ ${bar * 100} % of ${first.n.toLocaleString('en-US')} pending`,
+        measured: `${(c.vsFirst * 100).toFixed(0)} % (${c.durably.median.toFixed(0)} vs ${first.durably.median.toFixed(0)} /s)`, met: c.vsFirst >= bar });
     }
     for (const c of cases) fractions.push([`backlog completed/s, ${c.n.toLocaleString('en-US')} pending${c.retained ? ' + retained' : ''}`, c.durably.median.toFixed(0), frac(c.durably.median, c10)]);
   }

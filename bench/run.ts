@@ -162,6 +162,12 @@ function summarizeTargets(results: WorkloadResult[], ceil: Ceiling | undefined) 
       measured: `${top.ratio.completed.toFixed(2)}× (${top.durably.completedPerSec.median.toFixed(0)} vs ${top.graphile.completedPerSec.median.toFixed(0)} /s)`,
       met: top.ratio.completed >= 1.5 });
     for (const [c, v] of Object.entries<any>(bc)) {
+      for (const [what, key, defaultsKey] of [['PostgreSQL', 'serverCpu', 'defaultsServerCpu'], ['Node', 'nodeCpu', 'defaultsNodeCpu']]) {
+        const worst = Math.max(v.ratio[key], v.ratio[defaultsKey]);
+        targets.push({ target: `${what} CPU per completed job below graphile-worker's at concurrency ${c} (tuned and defaults)`,
+          measured: Number.isFinite(worst) ? `${v.ratio[key].toFixed(2)}× / ${v.ratio[defaultsKey].toFixed(2)}×` : 'not measured',
+          met: Number.isFinite(worst) ? worst < 1 : null });
+      }
       fractions.push([`throughput completed/s c=${c}`, v.durably.completedPerSec.median.toFixed(0), frac(v.durably.completedPerSec.median, c10)]);
     }
   }

@@ -5,16 +5,30 @@
  * start -> every job's completion committed, confirmed in the database).
  * durably runs twice: tuned (graphile-worker's local queue size claimed
  * ahead) and with its defaults (only concurrency given), each compared with
- * graphile-worker tuned; the defaults' target is ≥ 1.0×.
+ * graphile-worker tuned; the defaults' target is ≥ 1.0×. CPU per completed
+ * job over the drain: the PostgreSQL instance's (when it runs on this
+ * machine, bench/lib/cpu.ts) and this process's (the worker runs here unless
+ * --worker-process); durably's targets are below graphile-worker's.
  */
 import { connect } from '../../src/db.js';
 import { invokeMany } from '../lib/db.js';
 import { childDrainer, localDrainer } from '../lib/drain.js';
 import { GROUP, graphileJobsLeft, graphileUtils, type DurablySetup, type SystemName } from '../lib/systems.js';
 import { fmtSummary, summarize, table, until } from '../lib/stats.js';
+import { processCpuSeconds, ServerCpu } from '../lib/cpu.js';
 import type { BenchContext, WorkloadResult } from '../lib/context.js';
 
-export interface ThroughputTrial { enqueuePerSec: number; completedPerSec: number; drainMs: number; ok: boolean }
+export interface ThroughputTrial {
+  enqueuePerSec: number;
+  completedPerSec: number;
+  drainMs: number;
+  ok: boolean;
+  /** CPU µs per completed job over the drain: the server's, this process's (NaN: not measured). */
+  serverCpuUs: number;
+  nodeCpuUs: number;
+}
+
+let serverCpu: Promise<ServerCpu | undefined> | undefined;
 
 /** One throughput trial. */
 export async function throughputTrial(ctx: BenchContext, system: SystemName, n: number, concurrency: number,
@@ -40,6 +54,9 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
 
     // drain
     const drainer = await (opts.workerProcess ? childDrainer : localDrainer)(system, url, concurrency, setup);
+    const server = await (serverCpu ??= ServerCpu.locate(sql));
+    const server0 = server?.seconds() ?? NaN;
+    const node0 = processCpuSeconds();
     const t1 = performance.now();
     await drainer.start();
     const ran = await drainer.reach(n, 300_000);
@@ -48,6 +65,9 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
       : () => graphileJobsLeft(utils!);
     const done = ran && await until(async () => (await left()) === 0, 60_000, 2);
     const drainMs = performance.now() - t1;
+    const perJobUs = (seconds: number) => (seconds / n) * 1e6;
+    const serverCpuUs = perJobUs((server?.seconds() ?? NaN) - server0);
+    const nodeCpuUs = opts.workerProcess ? NaN : perJobUs(processCpuSeconds() - node0);
     const check = await drainer.stop(ids);
 
     // verify in the database: every invocation completed, once
@@ -65,6 +85,8 @@ export async function throughputTrial(ctx: BenchContext, system: SystemName, n: 
       completedPerSec: (n / drainMs) * 1000,
       drainMs,
       ok,
+      serverCpuUs,
+      nodeCpuUs,
       violation: ok ? undefined
         : `${system} (${setup}) throughput c=${concurrency}: done=${done} duplicates=${check.duplicates} missing=${check.missing} dbOk=${dbOk}`,
     };
@@ -95,7 +117,7 @@ export async function throughput(ctx: BenchContext): Promise<WorkloadResult> {
         const r = await throughputTrial(ctx, v.system, n, c, v.setup === 'tuned' ? 'tp' : 'tpd', v.setup);
         ((results[c] ??= { durably: [], 'durably defaults': [], graphile: [] })[v.name]).push(r);
         if (r.violation) violations.push(r.violation);
-        log(`throughput rep ${rep + 1} c=${c} ${v.name}: enqueue ${r.enqueuePerSec.toFixed(0)}/s, completed ${r.completedPerSec.toFixed(0)}/s${r.ok ? '' : ' NOT EXACTLY ONCE'}`);
+        log(`throughput rep ${rep + 1} c=${c} ${v.name}: enqueue ${r.enqueuePerSec.toFixed(0)}/s, completed ${r.completedPerSec.toFixed(0)}/s, CPU µs/job PostgreSQL ${r.serverCpuUs.toFixed(1)} Node ${r.nodeCpuUs.toFixed(1)}${r.ok ? '' : ' NOT EXACTLY ONCE'}`);
       }
     }
   }
@@ -103,27 +125,36 @@ export async function throughput(ctx: BenchContext): Promise<WorkloadResult> {
   const data: Record<string, unknown> = { n, workerProcess: opts.workerProcess, byConcurrency: {} };
   for (const c of opts.throughputConcurrency) {
     const r = results[c];
-    const s = (v: Variant, k: 'enqueuePerSec' | 'completedPerSec') => summarize(r[v].map((t) => t[k]));
-    const ratio = (v: Variant, k: 'enqueuePerSec' | 'completedPerSec') => s(v, k).median / s('graphile', k).median;
+    type Measure = 'enqueuePerSec' | 'completedPerSec' | 'serverCpuUs' | 'nodeCpuUs';
+    const s = (v: Variant, k: Measure) => summarize(r[v].map((t) => t[k]));
+    const ratio = (v: Variant, k: Measure) => s(v, k).median / s('graphile', k).median;
+    const times = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : '—');
     for (const v of VARIANTS) {
       rows.push([`${v.name} c=${c}`, fmtSummary(s(v.name, 'enqueuePerSec')), fmtSummary(s(v.name, 'completedPerSec')),
-        r[v.name].every((t) => t.ok) ? 'yes' : 'NO']);
+        fmtSummary(s(v.name, 'serverCpuUs'), 1), fmtSummary(s(v.name, 'nodeCpuUs'), 1), r[v.name].every((t) => t.ok) ? 'yes' : 'NO']);
     }
-    rows.push([`ratio durably÷graphile c=${c}`, `${ratio('durably', 'enqueuePerSec').toFixed(2)}×`, `${ratio('durably', 'completedPerSec').toFixed(2)}×`, '']);
+    rows.push([`ratio durably÷graphile c=${c}`, times(ratio('durably', 'enqueuePerSec')), times(ratio('durably', 'completedPerSec')),
+      times(ratio('durably', 'serverCpuUs')), times(ratio('durably', 'nodeCpuUs')), '']);
     const defaults = ratio('durably defaults', 'completedPerSec');
-    rows.push([`ratio durably defaults÷graphile tuned c=${c} (target ≥ 1.0)`, '', `${defaults.toFixed(2)}×${defaults >= 1 ? '' : ' (below target)'}`, '']);
-    const summary = (v: Variant) => ({ enqueuePerSec: s(v, 'enqueuePerSec'), completedPerSec: s(v, 'completedPerSec'), ok: r[v].every((t) => t.ok) });
+    rows.push([`ratio durably defaults÷graphile tuned c=${c} (target ≥ 1.0 /s, < 1.0 CPU)`, '', `${defaults.toFixed(2)}×${defaults >= 1 ? '' : ' (below target)'}`,
+      times(ratio('durably defaults', 'serverCpuUs')), times(ratio('durably defaults', 'nodeCpuUs')), '']);
+    const summary = (v: Variant) => ({ enqueuePerSec: s(v, 'enqueuePerSec'), completedPerSec: s(v, 'completedPerSec'),
+      serverCpuUs: s(v, 'serverCpuUs'), nodeCpuUs: s(v, 'nodeCpuUs'), ok: r[v].every((t) => t.ok) });
     (data.byConcurrency as Record<string, unknown>)[c] = {
       durably: summary('durably'),
       durablyDefaults: summary('durably defaults'),
       graphile: summary('graphile'),
-      ratio: { enqueue: ratio('durably', 'enqueuePerSec'), completed: ratio('durably', 'completedPerSec'), defaultsCompleted: defaults },
+      ratio: {
+        enqueue: ratio('durably', 'enqueuePerSec'), completed: ratio('durably', 'completedPerSec'), defaultsCompleted: defaults,
+        serverCpu: ratio('durably', 'serverCpuUs'), nodeCpu: ratio('durably', 'nodeCpuUs'),
+        defaultsServerCpu: ratio('durably defaults', 'serverCpuUs'), defaultsNodeCpu: ratio('durably defaults', 'nodeCpuUs'),
+      },
     };
   }
   return {
     name: 'throughput',
     tables: [table(`1. Throughput: ${n.toLocaleString('en-US')} no-op invocations, bulk enqueue (chunks of 1000) then one worker drains${opts.workerProcess ? ' (worker in a child process)' : ''} — median (min–max) of ${opts.reps}`,
-      ['system', 'enqueue /s', 'completed /s', 'exactly once'], rows)],
+      ['system', 'enqueue /s', 'completed /s', 'PostgreSQL CPU µs/job', 'Node CPU µs/job', 'exactly once'], rows)],
     data,
     violations,
   };

@@ -12,6 +12,7 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { throughputTrial, type ThroughputTrial } from './throughput.js';
 import { fmtSummary, summarize, table } from '../lib/stats.js';
+import { processCpuSeconds } from '../lib/cpu.js';
 import type { BenchContext, WorkloadResult } from '../lib/context.js';
 
 const CONCURRENCY = 50;
@@ -55,11 +56,10 @@ export async function tracing(ctx: BenchContext): Promise<WorkloadResult> {
     const order: Variant[] = rep % 2 === 0 ? ['none', 'sdk'] : ['sdk', 'none'];
     for (const variant of order) {
       const run = () => throughputTrial(local, 'durably', n, CONCURRENCY, `trace${variant}`);
-      const before = process.cpuUsage();
+      const before = processCpuSeconds();
       const { result, spans } = variant === 'sdk' ? await withSdk(run) : { result: await run(), spans: 0 };
-      const used = process.cpuUsage(before);
       trials[variant].push(result);
-      cpu[variant].push((used.user + used.system) / n);
+      cpu[variant].push(((processCpuSeconds() - before) / n) * 1e6);
       if (result.violation) violations.push(result.violation);
       if (variant === 'sdk' && spans < n) violations.push(`tracing: ${spans} spans exported for ${n} executions`);
       log(`tracing rep ${rep + 1} ${variant}: completed ${result.completedPerSec.toFixed(0)}/s, ${cpu[variant].at(-1)!.toFixed(0)} µs CPU per invocation${variant === 'sdk' ? `, ${spans} spans` : ''}`);

@@ -56,7 +56,8 @@ end $$;
 
 -- Invocations from applications: promises of no parent, each with a task.
 -- Ids that exist are returned as they are (created = false) and start
--- nothing. One NOTIFY per call, not per row.
+-- nothing. One NOTIFY per call, not per row: a wake-up of the group, or one
+-- invocation handed to an idle worker (durably.hand_off).
 -- p_opts: timeout_ms | timeout_at, tags, retry, delay_ms,
 -- concurrency_key and priority (flow control, sql/limits.sql),
 -- trace (the invoker's W3C trace context: {"traceparent": ..., "tracestate": ...}),
@@ -96,6 +97,8 @@ declare
   v_root       text := p_opts->>'root_id';
   v_created    text[];
   v_existed    text[];
+  v_to         uuid;
+  v_lease_ms   integer;
 begin
   perform durably.check_ids(p_ids);
   if coalesce(cardinality(p_funcs), 0) <> coalesce(cardinality(p_ids), 0)
@@ -126,6 +129,7 @@ begin
   if p_opts ? 'awaited' and jsonb_typeof(p_opts->'awaited') <> 'boolean' then
     raise exception using errcode = 'DU002', message = 'awaited is a boolean (whether the caller waits for the result)';
   end if;
+
   if cardinality(p_ids) > 10000 then
     raise exception using errcode = 'DU002', message = format('%s invocations in one call; the limit is 10000', cardinality(p_ids));
   end if;
@@ -148,6 +152,14 @@ begin
     end if;
   end if;
 
+  -- One invocation due now, under no flow control: an idle worker may be
+  -- handed it. Its task is then created claimed by that worker, and the
+  -- commit sends it (durably.hand_off).
+  if cardinality(p_ids) = 1 and v_available <= now() and p_opts->>'concurrency_key' is null
+     and coalesce((p_opts->>'priority')::integer, 0) = 0 and not exists (select 1 from durably.limits) then
+    select h.worker_id, h.lease_ms into v_to, v_lease_ms from durably.handoff_worker(p_group, p_funcs[1]) h;
+  end if;
+
   with input as (
     select u.id, u.func, u.args from unnest(p_ids, p_funcs, p_args) as u(id, func, args)
   ), ins as (
@@ -158,16 +170,21 @@ begin
     on conflict on constraint promises_pkey do nothing
     returning p.id, p.seq, p.func
   ), tasks as (
-    insert into durably.tasks (promise_seq, promise_id, group_name, func, available_at, retry, concurrency_key, priority)
-    select ins.seq, ins.id, p_group, ins.func, v_available, p_opts->'retry',
-           p_opts->>'concurrency_key', coalesce((p_opts->>'priority')::integer, 0) from ins
+    insert into durably.tasks (promise_seq, promise_id, group_name, func, available_at, retry, concurrency_key, priority,
+                               state, worker_id, claimed_at, lease_until, handed)
+    select ins.seq, ins.id, p_group, ins.func,
+           coalesce(now() + v_lease_ms * interval '1 millisecond', v_available), p_opts->'retry',
+           p_opts->>'concurrency_key', coalesce((p_opts->>'priority')::integer, 0),
+           case when v_to is null then 'ready' else 'claimed' end, v_to, case when v_to is not null then now() end,
+           now() + v_lease_ms * interval '1 millisecond', v_to is not null
+      from ins
   ), deadlines as (
     insert into durably.deadlines (promise_seq, timeout_at)
     select ins.seq, v_timeout_at from ins
   )
   select coalesce(array_agg(ins.id), '{}') into v_created from ins;
 
-  if cardinality(v_created) > 0 and v_available <= now() then
+  if cardinality(v_created) > 0 and v_available <= now() and v_to is null then
     perform durably.wake_group(p_group, cardinality(v_created), array(select distinct unnest(p_funcs)));
   end if;
 

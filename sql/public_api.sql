@@ -73,9 +73,10 @@ language sql immutable as $$
     'cron_next', 'cron_next_n', 'cron_parse', 'cron_validate', 'metric_samples', 'set_limit', 'delete_limit']
 $$;
 
--- Makes the public functions SECURITY DEFINER with a fixed search_path,
--- owned by durably_owner (when the role exists and the migrating user may
--- act as it), revokes EXECUTE on every function of the schema from PUBLIC,
+-- Makes the public functions, and the trigger functions (which run as the
+-- role that commits: durably.hand_off), SECURITY DEFINER with a fixed
+-- search_path, owned by durably_owner (when the role exists and the
+-- migrating user may act as it), revokes EXECUTE on every function of the schema from PUBLIC,
 -- and grants durably_app (when the role exists) EXECUTE on the public
 -- functions (every overload) and SELECT on the views. durably_owner gets
 -- what the public functions use: the tables and the other functions of the
@@ -102,16 +103,17 @@ begin
     execute 'grant execute on all routines in schema durably to durably_owner';
   end if;
   for r in
-    select p.oid::regprocedure as sig, p.proname = any(durably.public_functions()) as public
+    select p.oid::regprocedure as sig, p.proname = any(durably.public_functions()) as public,
+           p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype as trigger
       from pg_catalog.pg_proc p
      where p.pronamespace = 'durably'::regnamespace and p.prokind = 'f'
   loop
-    if r.public then
+    if r.public or r.trigger then
       execute format('alter function %s security definer set search_path = pg_catalog, pg_temp', r.sig);
       if v_owner then
         execute format('alter function %s owner to durably_owner', r.sig);
       end if;
-      if v_role then
+      if v_role and r.public then
         execute format('grant execute on function %s to durably_app', r.sig);
       end if;
     end if;

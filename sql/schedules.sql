@@ -379,7 +379,10 @@ begin
         if v_new then
           v_made := v_made + 1;
           if v_prev_state = 'pending' and v_s.overlap = 'buffer_one' then
-            update durably.tasks t set state = 'suspended', available_at = 'infinity'
+            -- (handed to an idle worker by the invocation: taken back before the commit sends it)
+            update durably.tasks t
+               set state = 'suspended', available_at = 'infinity', worker_id = null, claimed_at = null,
+                   lease_until = null, handed = false
               from durably.promises p where p.id = v_id and t.promise_seq = p.seq;
             insert into durably.callbacks (promise_id, task_id) values (v_prev, v_id) on conflict do nothing;
           end if;

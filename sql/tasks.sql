@@ -6,7 +6,10 @@
 -- and is deleted when the promise settles (durably.settle_many).
 --   ready     available_at = when it may run
 --   claimed   available_at = when a claim looks at it again; lease_until = the
---             lease expiry (renewed by heartbeats); worker_id set
+--             lease expiry (renewed by heartbeats); worker_id set; handed =
+--             claimed by a handoff (durably.hand_off) that its worker may not
+--             have received: its lease runs while the worker is alive, until
+--             the worker's first heartbeat that holds it (durably.lease_runs)
 --   suspended available_at = timer wake-up, or 'infinity' while it waits on
 --             other promises (see durably.callbacks)
 -- Every state uses available_at the same way, so one index answers "what can be
@@ -146,7 +149,7 @@ begin
   return query
   with claimed as (
     update durably.tasks t
-       set state = 'claimed', worker_id = p_worker, claimed_at = now(), parked_on = null,
+       set state = 'claimed', worker_id = p_worker, claimed_at = now(), parked_on = null, handed = false,
            available_at = now() + p_lease_ms * interval '1 millisecond',
            lease_until = now() + p_lease_ms * interval '1 millisecond',
            attempt = t.attempt + (t.state = 'claimed')::integer,
@@ -181,6 +184,21 @@ create or replace function durably.runnable_since(p_state text, p_available_at t
 returns timestamptz
 language sql immutable as $$
   select case when p_state = 'claimed' then p_lease_until else greatest(p_available_at, p_woken_at) end
+$$;
+
+-- Whether the lease on a claimed task still runs: until lease_until, or, for
+-- a handed task (see the top of this file), while its worker is alive (it
+-- heartbeats, has not stopped). The transaction that handed it may have
+-- committed after lease_until: the worker starts it on receipt all the same.
+create or replace function durably.lease_runs(p_lease_until timestamptz, p_handed boolean, p_worker uuid)
+returns boolean
+language sql stable as $$
+  select p_lease_until > now()
+      or case when p_handed then exists (
+           select 1 from durably.workers w
+            where w.id = p_worker and w.stopped_at is null
+              and w.heartbeat_at > now() - w.lease_ms * interval '1 millisecond')
+         else false end
 $$;
 
 -- The candidates of a claim, locked, in the order to start them: by
@@ -221,7 +239,12 @@ begin
       from durably.pick_candidates(p_group, p_functions, p_limit, p_prioritized)
            with ordinality k(seq, ready_at, expired, held, n);
     exit when v_held is null;
-    update durably.tasks t set available_at = t.lease_until where t.promise_seq = any(v_held);
+    -- (a handed task whose lease ran out: when its worker would be gone without another heartbeat)
+    update durably.tasks t
+       set available_at = case when t.lease_until > now() then t.lease_until
+                               else (select w.heartbeat_at + w.lease_ms * interval '1 millisecond'
+                                       from durably.workers w where w.id = t.worker_id) end
+     where t.promise_seq = any(v_held);
   end loop;
   return query select * from unnest(v_seqs, v_ready, v_expired);
 end $$;
@@ -235,14 +258,16 @@ begin
   if p_prioritized then
     return query
     select k.seq, durably.runnable_since(t.state, t.available_at, t.woken_at, t.lease_until),
-           t.state = 'claimed' and t.lease_until <= now(), t.state = 'claimed' and t.lease_until > now()
+           t.state = 'claimed' and not durably.lease_runs(t.lease_until, t.handed, t.worker_id),
+           t.state = 'claimed' and durably.lease_runs(t.lease_until, t.handed, t.worker_id)
       from durably.pick_by_priority(p_group, p_functions, p_limit) with ordinality k(seq, ready_at, expired, n)
       join durably.tasks t on t.promise_seq = k.seq
      order by k.n;
   else
     return query
     select t.promise_seq, durably.runnable_since(t.state, t.available_at, t.woken_at, t.lease_until),
-           t.state = 'claimed' and t.lease_until <= now(), t.state = 'claimed' and t.lease_until > now()
+           t.state = 'claimed' and not durably.lease_runs(t.lease_until, t.handed, t.worker_id),
+           t.state = 'claimed' and durably.lease_runs(t.lease_until, t.handed, t.worker_id)
       from durably.tasks t
      where t.group_name = p_group and t.available_at <= now() and t.func = any(p_functions)
      order by t.available_at

@@ -106,6 +106,14 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
   }) as unknown as Sql;
 }
 
+/**
+ * `sql.listen` with every argument of Listener.listen (a resync, which the
+ * driver's own listen has not): a pool of connect() listens through its Listener.
+ */
+export function listen(sql: Sql, ...args: Parameters<Listener['listen']>): ReturnType<Listener['listen']> {
+  return (sql.listen as unknown as Listener['listen'])(...args);
+}
+
 /** SQLSTATE read_only_sql_transaction: a standby, or a primary turned read-only. */
 const READ_ONLY = '25006';
 

@@ -41,6 +41,10 @@ export class LeaseKeeper {
     return this.held.has(id);
   }
 
+  ids(): string[] {
+    return [...this.held.keys()];
+  }
+
   /** `id` was claimed by a query sent at `sentAt`: a new lease, or one of ours the claim renewed. */
   add(id: string, sentAt: number): void {
     const held = this.held.get(id);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type postgres from 'postgres';
 import { within } from './deadline.js';
 
-type Handler = { fn: (payload: string) => void; onlisten?: () => void };
+type Handler = { fn: (payload: string) => void; onlisten?: () => void; resync?: () => Promise<void> };
 
 /** What the listener needs from its connection: a postgres.js pool of one connection. */
 export type ListenConnection = postgres.Sql<Record<string, never>>;
@@ -26,8 +26,10 @@ const quote = (channel: string) => `"${channel.replace(/"/g, '""')}"`;
  * (a standby: "cannot execute LISTEN during recovery") or silent (half-open)
  * is replaced and every channel listened to again, with back-off, until it
  * works; then each `onlisten` runs so that its owner checks what it may have
- * missed. When a proof fails, `onsilent` gets the time it was sent: the
- * pool's connections that have received nothing since are likely cut off too.
+ * missed. Where a handler must settle what it missed before it may hear
+ * more (its `resync`), listening again waits for that. When a proof fails,
+ * `onsilent` gets the time it was sent: the pool's connections that have
+ * received nothing since are likely cut off too.
  */
 export class Listener {
   private readonly channels = new Map<string, Set<Handler>>();
@@ -55,11 +57,14 @@ export class Listener {
   /**
    * Calls `fn` with each notification on `channel`. Resolves once listening;
    * rejects, keeping nothing, when the first LISTEN fails. After that, lost
-   * connections are re-established by the listener itself.
+   * connections are re-established by the listener itself: after `resync`
+   * (if given) has resolved, and then `onlisten` runs. Notifications that
+   * reach a lost connection after the loss are dropped.
    */
-  async listen(channel: string, fn: (payload: string) => void, onlisten?: () => void): Promise<{ unlisten(): Promise<void> }> {
+  async listen(channel: string, fn: (payload: string) => void, onlisten?: () => void,
+    resync?: () => Promise<void>): Promise<{ unlisten(): Promise<void> }> {
     if (this.ended) throw Object.assign(new Error('the listener has ended'), { code: 'CONNECTION_ENDED' });
-    const handler: Handler = { fn, onlisten };
+    const handler: Handler = { fn, onlisten, resync };
     const set = this.channels.get(channel) ?? new Set<Handler>();
     set.add(handler);
     this.channels.set(channel, set);
@@ -124,8 +129,8 @@ export class Listener {
 
   private connection(): ListenConnection {
     if (this.conn) return this.conn;
-    const conn = this.open(
-      (channel, payload) => this.notified(channel, payload),
+    const conn: ListenConnection = this.open(
+      (channel, payload) => { if (this.conn === conn) this.notified(channel, payload); },
       () => { if (this.conn === conn) this.lost(); },
     );
     this.conn = conn;
@@ -156,6 +161,7 @@ export class Listener {
     this.retry = setTimeout(() => {
       this.retry = undefined;
       void this.replace()
+        .then(() => Promise.all([...this.channels.values()].flatMap((set) => [...set].map((h) => h.resync?.()))))
         .then(() => this.establish())
         .then(() => {
           this.attempts = 0;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
-import { retryTransient, textArray, type Sql } from './db.js';
+import { listen, retryTransient, textArray, type Sql } from './db.js';
 import { Context, type StepFunction } from './context.js';
 import { Execution, type ChildRecord } from './execution.js';
 import { LeaseKeeper } from './leases.js';
@@ -113,6 +113,17 @@ export class Worker {
   /** The prune pass while it runs: stop() waits for it. */
   private pruning?: Promise<void>;
   private listener?: { unlisten(): Promise<void> };
+  /** Listening for handoffs (durably.hand_off) on this worker's own channel. */
+  private handoffs?: { unlisten(): Promise<void> };
+  /** Listening on its own channel: it may be handed work (see returnHandoffs). */
+  private listening = true;
+  /**
+   * Tasks this worker may still be handed: the room its last claim left,
+   * which durably.record_claim recorded (idle: durably.idle_workers), less
+   * the handoffs since. At 0 it is idle no more, and claims again when an
+   * execution ends.
+   */
+  private room = 0;
   /** Claimed ahead of free slots, in claim order: run as slots free up. */
   private queue: ClaimedTask[] = [];
   private drained?: () => void;
@@ -136,6 +147,8 @@ export class Worker {
   async start(): Promise<void> {
     const { heartbeatMs, pollMs } = this.config;
     await this.register();
+    this.handoffs = await listen(this.sql, `durably_worker_${this.id}`, (payload) => this.handedOff(payload),
+      () => this.resumeHandoffs(), () => this.returnHandoffs());
     this.listener = await this.sql.listen('durably_tasks', (payload) => { if (this.wokenBy(payload)) this.pump(); }, () => this.pump());
     this.leases.start(heartbeatMs);
     this.timers.push(setInterval(() => this.poll(), pollMs));
@@ -161,14 +174,46 @@ export class Worker {
   }
 
   /**
+   * A task handed to this worker (durably.hand_off), claimed for it by the
+   * transaction that invoked it: it runs as a claimed one. When stopping, it
+   * is left to release_tasks.
+   */
+  private handedOff(payload: string): void {
+    if (this.stopping) return;
+    const task = JSON.parse(payload) as ClaimedTask & { timeout_at: string };
+    this.room--;
+    this.enqueue({ ...task, timeout_at: new Date(task.timeout_at) }, Date.now());
+    this.drain();
+  }
+
+  /**
+   * Before listening again after a lost connection: the handoffs made while
+   * it was down never arrive. Stops them and puts back the handed tasks this
+   * worker does not hold (durably.return_handoffs); the next claim, once
+   * listening, records it idle again.
+   */
+  private async returnHandoffs(): Promise<void> {
+    this.room = 0;
+    this.listening = false;
+    await this.sql`select durably.return_handoffs(${this.id}, ${textArray(this.leases.ids())}::text[])`;
+  }
+
+  /** Listening (again, after returnHandoffs): handoffs may resume (durably.resume_handoffs). */
+  private resumeHandoffs(): void {
+    this.sql`select durably.resume_handoffs(${this.id})`.then(() => { this.listening = true; },
+      (err) => this.config.log.warn({}, `resuming handoffs failed, woken by name until the next reconnection: ${(err as Error).message}`));
+  }
+
+  /**
    * Records this worker with the functions it runs (claims take only their
-   * tasks), as one that reads the names in a wake-up.
+   * tasks), as one that reads the names in a wake-up and, while it listens
+   * on its own channel, takes handoffs.
    */
   private register(): Promise<unknown> {
     const { group, leaseMs } = this.config;
     const policies = Object.fromEntries([...this.functions.values()].flatMap((f) => (f.retry ? [[f.name, f.retry]] : [])));
     return this.sql`select durably.register_worker(${this.id}, ${group}, ${hostname()}, ${process.pid},
-      ${textArray([...this.functions.keys()])}::text[], ${leaseMs}, ${JSON.stringify(policies)}::text::jsonb, true)`;
+      ${textArray([...this.functions.keys()])}::text[], ${leaseMs}, ${JSON.stringify(policies)}::text::jsonb, true, ${this.listening})`;
   }
 
   /**
@@ -182,6 +227,7 @@ export class Worker {
     for (const t of this.timers) clearInterval(t);
     clearTimeout(this.wake?.timer);
     await this.listener?.unlisten().catch(() => {});
+    await this.handoffs?.unlisten().catch(() => {});
     await this.pruning;
     // Tasks a claim in flight brings back, and those claimed ahead, are not
     // run: release_tasks below frees them.
@@ -222,6 +268,7 @@ export class Worker {
             if (this.stopping) break;
             for (const task of tasks) this.enqueue(task, claim.sentAt);
             this.backlog = tasks.length === claim.want;
+            this.room = claim.want - tasks.length;
             this.adapt();
             // The next claim goes out before these tasks start (running and
             // queued together stay the same): the database works on it while
@@ -380,7 +427,7 @@ export class Worker {
       this.running.delete(task.id);
       if (this.running.size === 0) this.drained?.();
       this.drain();
-      if (this.backlog && this.queue.length < this.config.concurrency) this.pumpSoon();
+      if ((this.backlog || this.room <= 0) && this.queue.length < this.config.concurrency) this.pumpSoon();
     });
   }
 

@@ -232,10 +232,7 @@ begin
     return null;
   end if;
   if octet_length(v_payload) >= 8000 then
-    update durably.tasks t
-       set state = 'ready', worker_id = null, claimed_at = null, lease_until = null, handed = false, available_at = t.created_at
-     where t.promise_seq = new.promise_seq;
-    perform durably.wake_group(new.group_name, 1, array[new.func]);
+    perform durably.put_back_handoffs(new.worker_id, array[new.promise_id]);
     return null;
   end if;
   update durably.idle_workers i set free = i.free - 1, since = now() where i.worker_id = new.worker_id and i.free > 1;
@@ -263,10 +260,21 @@ $$;
 -- A worker whose listening connection was lost may have missed handoffs
 -- committed meanwhile: before it listens again it stops its handoffs (until
 -- durably.resume_handoffs, once it listens: its polls meanwhile may record
--- it idle) and puts back, ready at their place in the claim order, the
--- handed tasks it does not hold (p_held: every task it knows it holds).
--- Returns how many.
+-- it idle) and puts back the handed tasks it does not hold (p_held: every
+-- task it knows it holds). Returns how many.
 create or replace function durably.return_handoffs(p_worker uuid, p_held text[]) returns integer
+language plpgsql as $$
+begin
+  update durably.workers w set handoffs = false where w.id = p_worker;
+  perform durably.stop_handoffs(p_worker);
+  return durably.put_back_handoffs(p_worker, null, p_held);
+end $$;
+
+-- Puts tasks handed to p_worker back, ready at their place in the claim
+-- order, and wakes their groups: those of p_ids (all when null) but p_held.
+-- A worker puts back one it received when it cannot be sure it is still
+-- its own (see Worker.handedOff); one no longer handed to it is left as it is.
+create or replace function durably.put_back_handoffs(p_worker uuid, p_ids text[], p_held text[] default '{}') returns integer
 language plpgsql
 set enable_seqscan = off -- planned for any table size: see durably.claim_tasks
 set jit = off
@@ -275,12 +283,11 @@ declare
   v_groups text[];
   v_funcs  text[];
 begin
-  update durably.workers w set handoffs = false where w.id = p_worker;
-  perform durably.stop_handoffs(p_worker);
   with returned as (
     update durably.tasks t
        set state = 'ready', worker_id = null, claimed_at = null, lease_until = null, handed = false, available_at = t.created_at
-     where t.worker_id = p_worker and t.state = 'claimed' and t.handed and t.promise_id <> all(p_held)
+     where t.worker_id = p_worker and t.state = 'claimed' and t.handed
+       and (p_ids is null or t.promise_id = any(p_ids)) and t.promise_id <> all(p_held)
     returning t.group_name, t.func
   )
   select array_agg(r.group_name), array_agg(r.func) into v_groups, v_funcs from returned r;

@@ -20,6 +20,8 @@ export class LeaseKeeper {
   private readonly held = new Map<string, { claim: number; until: number }>();
   private claims = 0;
   private timer?: NodeJS.Timeout;
+  /** When the latest heartbeat (or registration) that reached the database was sent. */
+  private beatAt = 0;
 
   constructor(
     private readonly sql: Sql,
@@ -52,6 +54,22 @@ export class LeaseKeeper {
     else this.held.set(id, { claim: ++this.claims, until: sentAt + this.leaseMs });
   }
 
+  /** A heartbeat or registration sent at `sentAt` reached the database. */
+  beat(sentAt: number): void {
+    this.beatAt = Math.max(this.beatAt, sentAt);
+  }
+
+  /**
+   * Since when a task handed to this worker (durably.hand_off) is surely
+   * still its own, or undefined. Another worker may take a handed task only
+   * once this worker's heartbeat is leaseMs old (durably.lease_runs): a
+   * handoff that reaches a process that stalled for longer (its notification
+   * waited in the socket meanwhile) may have been taken, and is not run.
+   */
+  handedSince(): number | undefined {
+    return Date.now() < this.beatAt + this.leaseMs ? this.beatAt : undefined;
+  }
+
   /** Whether the lease on `id` is surely still this worker's. */
   valid(id: string): boolean {
     const held = this.held.get(id);
@@ -64,15 +82,16 @@ export class LeaseKeeper {
   }
 
   private heartbeat(): void {
+    const sentAt = Date.now();
     if (this.held.size === 0) {
-      this.sql`update durably.workers set heartbeat_at = now() where id = ${this.workerId}`.catch(() => {});
+      this.sql`update durably.workers set heartbeat_at = now() where id = ${this.workerId}`.then(() => this.beat(sentAt), () => {});
       return;
     }
-    const sentAt = Date.now();
     const sent = new Map([...this.held].map(([id, { claim }]) => [id, claim]));
     this.sql<{ id: string; state: string | null }[]>`
       select * from durably.heartbeat(${this.workerId}, ${this.leaseMs}, ${textArray([...sent.keys()])}::text[])`
       .then((lost) => {
+        this.beat(sentAt);
         const gone = new Set(lost.map((l) => l.id));
         for (const [id, claim] of sent) {
           const held = this.held.get(id);

@@ -52,6 +52,8 @@ interface ClaimedTask {
   seq: number;
   /** The invoker's W3C trace context (tracing.ts). */
   trace_context: unknown;
+  /** Handed to this worker (durably.hand_off), not claimed by it. */
+  handed?: boolean;
   /** Seconds the task had been runnable when it was claimed. */
   ready_seconds: number;
   /** From execute() to the attempt's outcome: its span (with an SDK registered) and start. */
@@ -146,7 +148,9 @@ export class Worker {
 
   async start(): Promise<void> {
     const { heartbeatMs, pollMs } = this.config;
+    const registeredAt = Date.now();
     await this.register();
+    this.leases.beat(registeredAt);
     this.handoffs = await listen(this.sql, `durably_worker_${this.id}`, (payload) => this.handedOff(payload),
       () => this.resumeHandoffs(), () => this.returnHandoffs());
     this.listener = await this.sql.listen('durably_tasks', (payload) => { if (this.wokenBy(payload)) this.pump(); }, () => this.pump());
@@ -180,10 +184,21 @@ export class Worker {
    */
   private handedOff(payload: string): void {
     if (this.stopping) return;
-    const task = JSON.parse(payload) as ClaimedTask & { timeout_at: string };
+    const task = { ...JSON.parse(payload), handed: true } as ClaimedTask;
+    task.timeout_at = new Date(task.timeout_at);
     this.room--;
-    this.enqueue({ ...task, timeout_at: new Date(task.timeout_at) }, Date.now());
+    // Its lease runs from the last heartbeat: after a stall, another worker may have it.
+    const since = this.leases.handedSince();
+    if (since === undefined) return this.putBack(task);
+    this.enqueue(task, since);
     this.drain();
+  }
+
+  /** A handed task this worker may no longer own goes back (durably.put_back_handoffs), unless another has it. */
+  private putBack(task: ClaimedTask): void {
+    this.leases.release(task.id);
+    void this.retrying('put back a handed task', () =>
+      this.sql`select durably.put_back_handoffs(${this.id}, ${textArray([task.id])}::text[])`, 5, this.fields(task));
   }
 
   /**
@@ -400,6 +415,7 @@ export class Worker {
       const task = this.queue.shift()!;
       // Claimed ahead, and this process stalled past the lease: another worker may run it.
       if (this.leases.valid(task.id)) this.execute(task);
+      else if (task.handed) this.putBack(task);
       else this.leases.release(task.id);
     }
   }

@@ -1,7 +1,8 @@
 /**
  * A worker stalled past its lease (SIGSTOP, standing in for a long GC pause
  * or a frozen VM) must not go on with the function once it resumes: another
- * worker has taken the function over and checkpointed its steps.
+ * worker has taken the function over and checkpointed its steps. Nor may it
+ * start a task handed to it while it was stopped, which another worker took.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably } from '../src/index.js';
-import { testDatabase } from './helpers/db.js';
+import { createWorkerTables, testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
 import { spawnChild } from './helpers/processes.js';
 
@@ -23,7 +24,10 @@ await sql`create table compute_runs (
   id serial primary key, invocation_id text not null, worker_name text not null, attempt integer not null,
   at timestamptz not null default clock_timestamp())`;
 
+await createWorkerTables(sql);
+
 const FIXTURE = fileURLToPath(new URL('./fixtures/steps-worker.ts', import.meta.url));
+const WORKER = fileURLToPath(new URL('./fixtures/worker.ts', import.meta.url));
 
 test('defect: a worker stalled past its lease went on with its function — after it resumes it begins no step', async (t) => {
   const group = `stall-${randomBytes(4).toString('hex')}`;
@@ -55,4 +59,28 @@ test('defect: a worker stalled past its lease went on with its function — afte
     select step_id, array_agg(worker_name order by id) as workers from step_runs
      where step_id like ${`${id}.%`} group by step_id having count(*) > 1`;
   assert.deepEqual(afterResume.map((r) => r.step_id), [], `a began steps after SIGCONT; re-run steps: ${JSON.stringify(reruns)}`);
+});
+
+test('a task handed to a worker while it was stopped, and taken over past its lease, is not run again when it resumes', async (t) => {
+  const group = `handed-${randomBytes(4).toString('hex')}`;
+  const env = { DATABASE_URL: db.url, GROUP: group, LEASE_MS: '1000', HEARTBEAT_MS: '300', POLL_MS: '100' };
+  const first = await spawnChild(t, 'first', WORKER, { env: { ...env, WORKER_NAME: 'first' }, ready: /ready \S+/ });
+  const firstId = /ready (\S+)/.exec(first.stdout)![1];
+  await waitFor(async () => (await sql`select 1 from durably.idle_workers where worker_id = ${firstId}`).length === 1,
+    { what: 'the first worker to be recorded idle' });
+  await spawnChild(t, 'second', WORKER, { env: { ...env, WORKER_NAME: 'second' }, ready: /ready \S+/ });
+
+  first.proc.kill('SIGSTOP');
+  const id = `handed-${randomBytes(4).toString('hex')}`;
+  // handed to the longest idle worker, the stopped one: its notification waits in its socket
+  await sql`select durably.invoke(${id}, 'work', ${JSON.stringify([id, 0])}::text::jsonb, ${group})`;
+  const [task] = await sql`select worker_id, handed from durably.tasks where promise_id = ${id}`;
+  assert.deepEqual({ ...task }, { worker_id: firstId, handed: true });
+  await waitFor(async () => (await sql`select 1 from effects where invocation_id = ${id}`).length === 1,
+    { timeoutMs: 10_000, what: 'the second worker to take it over once the first one\'s heartbeat is a lease old' });
+  first.proc.kill('SIGCONT');
+  await delay(1500);
+  const runs = await sql<{ worker_name: string }[]>`select worker_name from executions where invocation_id = ${id} order by id`;
+  assert.deepEqual(runs.map((r) => r.worker_name), ['second'], 'run once, by the worker that took it over');
+  assert.ok(first.alive(), first.stderr);
 });

@@ -6,6 +6,7 @@
  * `durably dashboard` and `durably dev` commands; durably.trigger_schedule.
  */
 import { test, after } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -215,6 +216,11 @@ test('each action changes the database as the CLI would', async (t) => {
   await page.goto(`${base}/schedules/${encodeURIComponent(sched)}`);
   assert.equal(await page.locator('main ol li').count(), 5); // next 5 runs
   await page.focus('button:text-is("Pause")'); // by keyboard
+  // a live refresh meanwhile keeps the focused button (re-rendered, it would be gone)
+  const refreshed = await page.evaluate(() => document.body.dataset.refreshed);
+  await sql`select pg_notify('durably_schedules', 'changed')`;
+  await delay(1500);
+  assert.equal(await page.evaluate(() => document.body.dataset.refreshed), refreshed, 'no refresh while a button has the focus');
   await page.keyboard.press('Enter');
   await page.waitForSelector('button:text-is("Resume")');
   assert.equal((await sql`select paused from durably.schedules where id = ${sched}`)[0].paused, true);

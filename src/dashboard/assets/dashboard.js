@@ -15,11 +15,12 @@ const fields = (main) => JSON.stringify([...main.querySelectorAll('input, textar
   .map((f) => (f.type === 'checkbox' ? f.checked : f.value)));
 let rendered = fields(document.getElementById('main'));
 
-// Whether the user is filling in a form of <main>: a field has the focus or
-// holds something other than what the page was rendered with.
+// Whether the user is filling in a form of <main>: a field or a button has
+// the focus (a keyboard user about to press it: re-rendered, it would be
+// gone) or a field holds something other than what the page was rendered with.
 function editing(main) {
   const focused = document.activeElement;
-  if (focused && main.contains(focused) && /^(INPUT|TEXTAREA|SELECT)$/.test(focused.tagName)) return true;
+  if (focused && main.contains(focused) && /^(INPUT|TEXTAREA|SELECT|BUTTON)$/.test(focused.tagName)) return true;
   return fields(main) !== rendered;
 }
 

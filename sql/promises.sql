@@ -98,7 +98,7 @@ declare
   v_created    text[];
   v_existed    text[];
   v_to         uuid;
-  v_lease_ms   integer;
+  v_lease_until timestamptz;
 begin
   perform durably.check_ids(p_ids);
   if coalesce(cardinality(p_funcs), 0) <> coalesce(cardinality(p_ids), 0)
@@ -129,7 +129,6 @@ begin
   if p_opts ? 'awaited' and jsonb_typeof(p_opts->'awaited') <> 'boolean' then
     raise exception using errcode = 'DU002', message = 'awaited is a boolean (whether the caller waits for the result)';
   end if;
-
   if cardinality(p_ids) > 10000 then
     raise exception using errcode = 'DU002', message = format('%s invocations in one call; the limit is 10000', cardinality(p_ids));
   end if;
@@ -157,7 +156,8 @@ begin
   -- commit sends it (durably.hand_off).
   if cardinality(p_ids) = 1 and v_available <= now() and p_opts->>'concurrency_key' is null
      and coalesce((p_opts->>'priority')::integer, 0) = 0 and not exists (select 1 from durably.limits) then
-    select h.worker_id, h.lease_ms into v_to, v_lease_ms from durably.handoff_worker(p_group, p_funcs[1]) h;
+    select h.worker_id, now() + h.lease_ms * interval '1 millisecond' into v_to, v_lease_until
+      from durably.handoff_worker(p_group, p_funcs[1]) h;
   end if;
 
   with input as (
@@ -172,11 +172,10 @@ begin
   ), tasks as (
     insert into durably.tasks (promise_seq, promise_id, group_name, func, available_at, retry, concurrency_key, priority,
                                state, worker_id, claimed_at, lease_until, handed)
-    select ins.seq, ins.id, p_group, ins.func,
-           coalesce(now() + v_lease_ms * interval '1 millisecond', v_available), p_opts->'retry',
+    select ins.seq, ins.id, p_group, ins.func, coalesce(v_lease_until, v_available), p_opts->'retry',
            p_opts->>'concurrency_key', coalesce((p_opts->>'priority')::integer, 0),
            case when v_to is null then 'ready' else 'claimed' end, v_to, case when v_to is not null then now() end,
-           now() + v_lease_ms * interval '1 millisecond', v_to is not null
+           v_lease_until, v_to is not null
       from ins
   ), deadlines as (
     insert into durably.deadlines (promise_seq, timeout_at)

@@ -76,11 +76,11 @@ $$;
 -- Makes the public functions, and the trigger functions (which run as the
 -- role that commits: durably.hand_off), SECURITY DEFINER with a fixed
 -- search_path, owned by durably_owner (when the role exists and the
--- migrating user may act as it), revokes EXECUTE on every function of the schema from PUBLIC,
--- and grants durably_app (when the role exists) EXECUTE on the public
--- functions (every overload) and SELECT on the views. durably_owner gets
--- what the public functions use: the tables and the other functions of the
--- schema. Idempotent.
+-- migrating user may act as it), revokes EXECUTE on every function of the
+-- schema from PUBLIC, and grants durably_app (when the role exists) EXECUTE
+-- on the public functions (every overload) and SELECT on the views.
+-- durably_owner gets what the public functions use: the tables and the
+-- other functions of the schema. Idempotent.
 create or replace function durably.grant_public_api() returns void
 language plpgsql as $$
 declare

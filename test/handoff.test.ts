@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably } from '../src/index.js';
+import type { TransactionSql } from '../src/db.js';
 import { testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -35,6 +36,21 @@ async function worker(t: TestContext, group: string, options: { leaseMs?: number
   return d;
 }
 
+/** Workers of `group`, each recorded idle, in the order started (the first is the longest idle). */
+async function idleWorkers(t: TestContext, group: string, count: number, options: { leaseMs?: number; pollMs?: number } = {}) {
+  const started: Durably[] = [];
+  for (let i = 0; i < count; i++) started.push(await worker(t, group, options));
+  for (const w of started) await idle(w);
+  return started;
+}
+
+/** The task of invocation `id`, as `q` (the pool or a transaction) sees it. */
+async function taskOf(q: typeof sql | TransactionSql, id: string) {
+  const [task] = await q<{ state: string; worker_id: string | null; handed: boolean }[]>`
+    select state, worker_id, handed from durably.tasks where promise_id = ${id}`;
+  return { ...task };
+}
+
 /** Waits until the worker is recorded idle, with room: the next invocation is handed to it. */
 async function idle(d: Durably): Promise<void> {
   await waitFor(async () => (await sql`select 1 from durably.idle_workers where worker_id = ${d.workerId!}`).length === 1,
@@ -47,8 +63,7 @@ const settled = async (id: string) =>
 /** The task of a running invocation: a handed one keeps handed = true until its worker's first heartbeat (leaseMs / 3); a claimed one has handed = false. */
 async function runningTask(id: string) {
   await waitFor(() => runs.get(id)?.length === 1, { what: `${id} to start` });
-  const [task] = await sql`select state, worker_id, handed from durably.tasks where promise_id = ${id}`;
-  return { ...task };
+  return taskOf(sql, id);
 }
 
 test('an idle worker is handed an invocation in the invoking transaction and starts it without a claim', async (t) => {
@@ -58,8 +73,7 @@ test('an idle worker is handed an invocation in the invoking transaction and sta
   const id = uid('one');
   await sql.begin(async (tx) => {
     await tx`select durably.invoke(${id}, 'work', '[1000]', ${group})`;
-    const [task] = await tx`select state, worker_id, handed from durably.tasks where promise_id = ${id}`;
-    assert.deepEqual({ ...task }, { state: 'claimed', worker_id: w.workerId, handed: true });
+    assert.deepEqual(await taskOf(tx, id), { state: 'claimed', worker_id: w.workerId, handed: true });
   });
   assert.deepEqual(await runningTask(id), { state: 'claimed', worker_id: w.workerId, handed: true }, 'running as handed, never claimed');
   await waitFor(() => settled(id), { what: 'the handed invocation to settle' });
@@ -68,16 +82,12 @@ test('an idle worker is handed an invocation in the invoking transaction and sta
 
 test('a handoff committed long after its lease would have run out runs once, on the worker it was handed to', async (t) => {
   const group = uid('long-tx');
-  const options = { leaseMs: 300, pollMs: 50 };
-  const a = await worker(t, group, options);
-  const b = await worker(t, group, options);
-  await idle(a);
-  await idle(b);
+  await idleWorkers(t, group, 2, { leaseMs: 300, pollMs: 50 });
   const id = uid('late');
-  let to = '';
+  let to: string | null = '';
   await sql.begin(async (tx) => {
     await tx`select durably.invoke(${id}, 'work', '[300]', ${group})`;
-    [{ to }] = await tx<{ to: string }[]>`select worker_id as to from durably.tasks where promise_id = ${id}`;
+    to = (await taskOf(tx, id)).worker_id;
     await delay(1500); // five leases; both workers claim every 50 ms meanwhile
   });
   await waitFor(() => settled(id), { what: 'the late handoff to settle' });
@@ -115,16 +125,13 @@ test('a worker that loses its listening connection gets back the handoffs it mis
 
 test('a stopping worker waits for a handoff still being committed to it, and releases it to another', async (t) => {
   const group = uid('stop');
-  const a = await worker(t, group);
-  const b = await worker(t, group);
-  await idle(a);
-  await idle(b);
+  const [a, b] = await idleWorkers(t, group, 2);
   const id = uid('stopped');
   let stopping: Promise<void> | undefined;
-  let to = '';
+  let to: string | null = '';
   await sql.begin(async (tx) => {
     await tx`select durably.invoke(${id}, 'work', '[1]', ${group})`;
-    [{ to }] = await tx<{ to: string }[]>`select worker_id as to from durably.tasks where promise_id = ${id}`;
+    to = (await taskOf(tx, id)).worker_id;
     stopping = (to === a.workerId ? a : b).stop();
     await delay(300);
   });
@@ -153,8 +160,8 @@ test('invocations with a concurrency key, a priority or a delay are claimed, not
     const id = uid('claimed');
     await sql.begin(async (tx) => {
       await tx`select durably.invoke(${id}, 'work', '[1]', ${group}, ${JSON.stringify(opts)}::text::jsonb)`;
-      const [task] = await tx`select state, handed from durably.tasks where promise_id = ${id}`;
-      assert.deepEqual({ ...task }, { state: 'ready', handed: false }, JSON.stringify(opts));
+      const { state, handed } = await taskOf(tx, id);
+      assert.deepEqual({ state, handed }, { state: 'ready', handed: false }, JSON.stringify(opts));
     });
     await waitFor(() => settled(id), { what: `the invocation with ${JSON.stringify(opts)} to settle` });
   }

@@ -476,16 +476,23 @@ begin
                from unnest(v_awaited) with ordinality as u(id, n)) a
       group by a.upto / 5900;
   end if;
-  if exists (select 1 from durably.watchers w where w.seen_at > now() - interval '1 minute') then
-    perform pg_notify('durably_watch', 'settled');
-  end if;
+  perform durably.notify_watchers('settled');
 
   return query select unnest(v_settled);
 end $$;
 
--- Watcher p_id (an open dashboard page) is notified of every settlement on
--- durably_watch for a minute from now: renewed while it watches, deleted
--- (unwatch) when it stops.
+-- Notifies durably_watch of a change that the open dashboard pages show
+-- and no other channel announces (a settlement, a handoff), while someone
+-- watches (durably.watch).
+create or replace function durably.notify_watchers(p_what text) returns void
+language sql as $$
+  select pg_notify('durably_watch', p_what)
+   where exists (select 1 from durably.watchers w where w.seen_at > now() - interval '1 minute')
+$$;
+
+-- Watcher p_id (an open dashboard page) is notified of every settlement
+-- and handoff on durably_watch (notify_watchers) for a minute from now:
+-- renewed while it watches, deleted (unwatch) when it stops.
 create or replace function durably.watch(p_id uuid) returns void
 language sql as $$
   insert into durably.watchers (id) values (p_id) on conflict (id) do update set seen_at = now();

@@ -240,6 +240,8 @@ begin
     delete from durably.idle_workers i where i.worker_id = new.worker_id;
   end if;
   perform pg_notify('durably_worker_' || new.worker_id, v_payload);
+  -- (no wake-up on durably_tasks announces it to an open dashboard)
+  perform durably.notify_watchers('handed');
   return null;
 end $$;
 

@@ -282,6 +282,40 @@ test('a second browser sees a settlement without reloading, keeping its filter a
   assert.equal(await second.inputValue('input[name=pattern]'), id);
 });
 
+test('an open page hears of an invocation handed to an idle worker while it runs, before it settles', async (t) => {
+  const handedGroup = uid('handed');
+  let release!: () => void;
+  const held = new Promise<void>((ok) => { release = ok; });
+  let started = false;
+  const idle = new Durably({ url: db.url, group: handedGroup, log: () => {} });
+  idle.register('hold', async () => { started = true; await held; return 1; });
+  await idle.start();
+  const stream = new AbortController();
+  t.after(async () => { release(); stream.abort(); await idle.stop(); });
+
+  const res = await fetch(`${base}/events`, { signal: stream.signal });
+  let events = 0;
+  void (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body!) events += (decoder.decode(chunk).match(/^data: /gm) ?? []).length;
+  })().catch(() => {});
+  await waitFor(async () => (await sql`select count(*)::int as n from durably.watchers where seen_at > now() - interval '1 minute'`)[0].n > 0,
+    { what: 'the dashboard watching' });
+  await waitFor(async () => (await sql`select count(*)::int as n from durably.idle_workers where worker_id = ${idle.workerId!}`)[0].n > 0,
+    { what: 'the worker idle' });
+  // what the other tests' work announced has been sent
+  let seen = events;
+  await waitFor(async () => { await delay(800); const quiet = events === seen; seen = events; return quiet; }, { what: 'a quiet stream' });
+
+  const id = uid('hold');
+  await sql`select durably.invoke(${id}, 'hold', '[]'::jsonb, ${handedGroup})`;
+  await waitFor(() => started, { what: 'the handed invocation started' });
+  const [task] = await sql`select handed, worker_id from durably.tasks where promise_id = ${id}`;
+  assert.deepEqual({ ...task }, { handed: true, worker_id: idle.workerId });
+  await waitFor(() => events > seen, { timeoutMs: 3000, what: 'an event on the open stream' });
+  assert.equal((await promise(id)).state, 'pending');
+});
+
 test('with a token every page needs it; ?token= sets an HttpOnly SameSite=Strict cookie', async (t) => {
   const token = randomBytes(12).toString('hex');
   const guarded = await serveDashboard({ url: db.url, port: 0, token });

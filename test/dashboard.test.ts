@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import type { Page } from 'playwright-core';
 import postgres from 'postgres';
 import { Durably, serveDashboard, type Context } from '../src/index.js';
-import { testDatabase } from './helpers/db.js';
+import { recordedIdle, testDatabase } from './helpers/db.js';
 import { closeBrowser, launchBrowser, screenshot } from './helpers/browser.js';
 import { runProcess, spawnChild } from './helpers/processes.js';
 import { waitFor } from './helpers/wait.js';
@@ -301,8 +301,7 @@ test('an open page hears of an invocation handed to an idle worker while it runs
   })().catch(() => {});
   await waitFor(async () => (await sql`select count(*)::int as n from durably.watchers where seen_at > now() - interval '1 minute'`)[0].n > 0,
     { what: 'the dashboard watching' });
-  await waitFor(async () => (await sql`select count(*)::int as n from durably.idle_workers where worker_id = ${idle.workerId!}`)[0].n > 0,
-    { what: 'the worker idle' });
+  await recordedIdle(sql, idle.workerId!);
   // what the other tests' work announced has been sent
   let seen = events;
   await waitFor(async () => { await delay(800); const quiet = events === seen; seen = events; return quiet; }, { what: 'a quiet stream' });

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably } from '../src/index.js';
 import type { TransactionSql } from '../src/db.js';
-import { testDatabase } from './helpers/db.js';
+import { recordedIdle, testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
 
 const db = await testDatabase();
@@ -52,10 +52,7 @@ async function taskOf(q: typeof sql | TransactionSql, id: string) {
 }
 
 /** Waits until the worker is recorded idle, with room: the next invocation is handed to it. */
-async function idle(d: Durably): Promise<void> {
-  await waitFor(async () => (await sql`select 1 from durably.idle_workers where worker_id = ${d.workerId!}`).length === 1,
-    { what: 'the worker to be recorded idle' });
-}
+const idle = (d: Durably) => recordedIdle(sql, d.workerId!);
 
 const settled = async (id: string) =>
   (await sql<{ state: string }[]>`select state from durably.promises where id = ${id}`)[0]?.state !== 'pending';

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Durably } from '../src/index.js';
-import { createWorkerTables, testDatabase } from './helpers/db.js';
+import { createWorkerTables, recordedIdle, testDatabase } from './helpers/db.js';
 import { waitFor } from './helpers/wait.js';
 import { spawnChild } from './helpers/processes.js';
 
@@ -66,8 +66,7 @@ test('a task handed to a worker while it was stopped, and taken over past its le
   const env = { DATABASE_URL: db.url, GROUP: group, LEASE_MS: '1000', HEARTBEAT_MS: '300', POLL_MS: '100' };
   const first = await spawnChild(t, 'first', WORKER, { env: { ...env, WORKER_NAME: 'first' }, ready: /ready \S+/ });
   const firstId = /ready (\S+)/.exec(first.stdout)![1];
-  await waitFor(async () => (await sql`select 1 from durably.idle_workers where worker_id = ${firstId}`).length === 1,
-    { what: 'the first worker to be recorded idle' });
+  await recordedIdle(sql, firstId);
   await spawnChild(t, 'second', WORKER, { env: { ...env, WORKER_NAME: 'second' }, ready: /ready \S+/ });
 
   first.proc.kill('SIGSTOP');

@@ -3,6 +3,7 @@ import { after } from 'node:test';
 import postgres from 'postgres';
 import type { Sql } from '../../src/db.js';
 import { databaseUrl } from './url.js';
+import { waitFor } from './wait.js';
 
 export interface TestDatabase {
   /** URL of a fresh, migrated database of this test file's own. */
@@ -67,4 +68,10 @@ export async function functionCalls(sql: Sql, names: string[]): Promise<number> 
     select coalesce(sum(calls), 0)::int as calls from pg_stat_user_functions
      where schemaname = 'durably' and funcname = any(${names})`;
   return calls;
+}
+
+/** Waits until worker `workerId` is recorded idle, with room: the next invocation it can run is handed to it. */
+export async function recordedIdle(sql: Sql, workerId: string): Promise<void> {
+  await waitFor(async () => (await sql`select 1 from durably.idle_workers where worker_id = ${workerId}`).length === 1,
+    { what: `worker ${workerId} to be recorded idle` });
 }

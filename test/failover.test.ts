@@ -81,7 +81,15 @@ test('failover: a primary crashed mid-run and its synchronous standby promoted l
 
   await invoking;
   await within(waitFor(() => acknowledged.size + rejected.length === 300, { timeoutMs: 30_000, what: 'every beginRun to answer' }), 35_000, 'beginRun');
-  await within(Promise.all(acknowledged.values()), 45_000, 'the results of every acknowledged invocation');
+  await within(Promise.all(acknowledged.values()), 45_000, 'the results of every acknowledged invocation').catch(async (err) => {
+    // which ones, and where the new primary has them
+    const missing = [...acknowledged.keys()].filter((id) => !results.has(id));
+    const q = postgres(standby.url(), { max: 1, onnotice: () => {} });
+    const rows = await q`select p.id, p.state, t.state as task, t.worker_id, t.handed, t.available_at, t.attempt
+                           from durably.promises p left join durably.tasks t on t.promise_seq = p.seq
+                          where p.id = any(${missing}::text[])`.finally(() => q.end());
+    throw new Error(`${(err as Error).message}; unfinished: ${JSON.stringify(rows)}`);
+  });
   assert.equal(fatal(workers), '');
 
   const all = events(workers);

@@ -26,7 +26,8 @@ export interface DurablyConfig {
    * concurrency). Claiming ahead starts the next task without a round trip;
    * tasks held here wait for this worker (after a crash, until their lease
    * expires). Default: adaptive, from 2 × concurrency up to concurrency +
-   * 100 (or 2 × concurrency, if more) while claims come back full; the
+   * 200 (21 × concurrency below 10; 2 × concurrency above 200) while claims
+   * come back full; the
    * tasks claimed ahead are at most about a second of the worker's work, so
    * few for long functions (see the README).
    */

@@ -2,8 +2,8 @@
  * The two systems under test, started the same way by every workload.
  *
  * durably: a Durably instance of group `bench` (pool concurrency + 2, poll 1 s),
- *   prefetch max(2C, 100): as many tasks claimed ahead as graphile-worker's
- *   local queue holds.
+ *   prefetch C + max(2C, 100): as many tasks held, running or claimed ahead,
+ *   as graphile-worker holds with its local queue.
  * graphile-worker 0.18 in its best documented configuration:
  *   localQueue: { size: max(2C, 100) }, completeJobBatchDelay: 0,
  *   failJobBatchDelay: 0, pollInterval 1 s (same as durably's pollMs),
@@ -19,9 +19,19 @@ export const POLL_MS = 1000;
 
 export type SystemName = 'durably' | 'graphile';
 
-/** graphile-worker's local queue size, and durably's prefetch (which counts running tasks too: durably holds no more). */
+/** graphile-worker's local queue size. */
 export function localQueueSize(concurrency: number): number {
   return Math.max(2 * concurrency, 100);
+}
+
+/**
+ * durably's prefetch when tuned: as many tasks held as graphile-worker holds
+ * at most. Its local queue fetches a batch of localQueueSize only once it is
+ * empty, and a job handed to a worker leaves the queue: up to the queue's
+ * size waiting, plus the running jobs. durably's prefetch counts both.
+ */
+export function tunedPrefetch(concurrency: number): number {
+  return concurrency + localQueueSize(concurrency);
 }
 
 export function graphileOptions(concurrency: number) {
@@ -62,7 +72,7 @@ export type DurablySetup = 'tuned' | 'defaults';
 /** A durably worker (not started yet when `start` is false). */
 export function makeDurably(url: string, concurrency: number, functions: DurablyFunctions = {}, setup: DurablySetup = 'tuned'): Durably {
   const d = new Durably({
-    url, group: GROUP, concurrency, pollMs: POLL_MS, prefetch: setup === 'tuned' ? localQueueSize(concurrency) : undefined,
+    url, group: GROUP, concurrency, pollMs: POLL_MS, prefetch: setup === 'tuned' ? tunedPrefetch(concurrency) : undefined,
     log: (m) => { if (process.env.BENCH_DEBUG) console.error(`[durably] ${m}`); },
   });
   for (const [name, fn] of Object.entries(functions)) d.register(name, fn);

@@ -150,7 +150,7 @@ export async function backlogTrial(ctx: BenchContext, system: SystemName, n: num
       : n - await graphileJobsLeft(utils!);
     // Done when k completions are committed, checked through keys that stay
     // in cache. durably: the backlog was created in one order (sequence
-    // numbers 1..n) and is claimed in that order, at most `prefetch` (100)
+    // numbers 1..n) and is claimed in that order, at most `prefetch` (150)
     // ahead, so the first k completions are among the first k + 1000
     // promises (promises_seq). graphile-worker: the jobs of the runs, by job
     // id. Looking promises up by text id instead would read ~5,000 cold
